@@ -1,0 +1,215 @@
+//! Architecture knowledge as tables: which HF `architectures` we accept, what GGUF architecture
+//! each becomes, and how every per-block tensor is named on both sides. The only module where
+//! HF and GGUF tensor names stand side by side.
+
+/// One supported family.
+#[derive(Debug)]
+pub struct Arch {
+    /// Values of config.json `architectures` that map here.
+    pub hf_names: &'static [&'static str],
+    /// `general.architecture` in GGUF.
+    pub gguf_name: &'static str,
+    /// llama uses interleaved (NORM) RoPE, HF checkpoints rotate halves: q/k rows are permuted
+    /// (gguf-py `LlamaModel.permute`). Qwen2 uses NEOX RoPE and is written as is.
+    pub permute_qk: bool,
+    /// q/k/v carry biases (Qwen2).
+    pub qkv_bias: bool,
+}
+
+pub const ARCHES: &[Arch] = &[
+    Arch {
+        hf_names: &["LlamaForCausalLM", "MistralForCausalLM"],
+        gguf_name: "llama",
+        permute_qk: true,
+        qkv_bias: false,
+    },
+    Arch {
+        hf_names: &["Qwen2ForCausalLM"],
+        gguf_name: "qwen2",
+        permute_qk: false,
+        qkv_bias: true,
+    },
+];
+
+pub fn by_hf_name(name: &str) -> Option<&'static Arch> {
+    ARCHES.iter().find(|a| a.hf_names.contains(&name))
+}
+
+pub fn by_gguf_name(name: &str) -> Option<&'static Arch> {
+    ARCHES.iter().find(|a| a.gguf_name == name)
+}
+
+pub fn supported_hf_names() -> String {
+    ARCHES
+        .iter()
+        .flat_map(|a| a.hf_names.iter().copied())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How a tensor is laid out and written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A 2-D weight (matrix); `permute` names the head count used for the RoPE row permutation.
+    Matrix { permute: Permute },
+    /// A norm weight or a bias: 1-D, always F32; biases of q/k are permuted like their rows.
+    Vector { permute: Permute },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permute {
+    None,
+    /// Permute rows in groups of `n_head` heads.
+    Q,
+    /// Permute rows in groups of `n_head_kv` heads.
+    K,
+}
+
+/// Per-block tensors: HF suffix after `model.layers.N.`, GGUF suffix after `blk.N.`, role,
+/// and whether the tensor exists only with `qkv_bias`.
+pub struct BlockTensor {
+    pub hf: &'static str,
+    pub gguf: &'static str,
+    pub role: Role,
+    pub bias: bool,
+}
+
+const M: Role = Role::Matrix {
+    permute: Permute::None,
+};
+const V: Role = Role::Vector {
+    permute: Permute::None,
+};
+
+pub const BLOCK_TENSORS: &[BlockTensor] = &[
+    BlockTensor {
+        hf: "input_layernorm.weight",
+        gguf: "attn_norm.weight",
+        role: V,
+        bias: false,
+    },
+    BlockTensor {
+        hf: "self_attn.q_proj.weight",
+        gguf: "attn_q.weight",
+        role: Role::Matrix {
+            permute: Permute::Q,
+        },
+        bias: false,
+    },
+    BlockTensor {
+        hf: "self_attn.k_proj.weight",
+        gguf: "attn_k.weight",
+        role: Role::Matrix {
+            permute: Permute::K,
+        },
+        bias: false,
+    },
+    BlockTensor {
+        hf: "self_attn.v_proj.weight",
+        gguf: "attn_v.weight",
+        role: M,
+        bias: false,
+    },
+    BlockTensor {
+        hf: "self_attn.q_proj.bias",
+        gguf: "attn_q.bias",
+        role: Role::Vector {
+            permute: Permute::Q,
+        },
+        bias: true,
+    },
+    BlockTensor {
+        hf: "self_attn.k_proj.bias",
+        gguf: "attn_k.bias",
+        role: Role::Vector {
+            permute: Permute::K,
+        },
+        bias: true,
+    },
+    BlockTensor {
+        hf: "self_attn.v_proj.bias",
+        gguf: "attn_v.bias",
+        role: V,
+        bias: true,
+    },
+    BlockTensor {
+        hf: "self_attn.o_proj.weight",
+        gguf: "attn_output.weight",
+        role: M,
+        bias: false,
+    },
+    BlockTensor {
+        hf: "post_attention_layernorm.weight",
+        gguf: "ffn_norm.weight",
+        role: V,
+        bias: false,
+    },
+    BlockTensor {
+        hf: "mlp.gate_proj.weight",
+        gguf: "ffn_gate.weight",
+        role: M,
+        bias: false,
+    },
+    BlockTensor {
+        hf: "mlp.up_proj.weight",
+        gguf: "ffn_up.weight",
+        role: M,
+        bias: false,
+    },
+    BlockTensor {
+        hf: "mlp.down_proj.weight",
+        gguf: "ffn_down.weight",
+        role: M,
+        bias: false,
+    },
+];
+
+/// Model-level tensors: HF name, GGUF name, role.
+pub const EMBED: (&str, &str) = ("model.embed_tokens.weight", "token_embd.weight");
+pub const OUTPUT_NORM: (&str, &str) = ("model.norm.weight", "output_norm.weight");
+pub const OUTPUT: (&str, &str) = ("lm_head.weight", "output.weight");
+pub const ROPE_FREQS: &str = "rope_freqs.weight";
+
+/// The RoPE row permutation from HF's rotate-half layout to GGUF's interleaved one:
+/// `new_row[h*hd + 2i + j] = old_row[h*hd + j*hd/2 + i]` (gguf-py `LlamaModel.permute`).
+/// `x` holds `rows` rows of `cols` values each (cols = 1 for a bias).
+pub fn permute_rows(x: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    assert_eq!(x.len(), rows * cols);
+    assert_eq!(
+        rows % (2 * n_head),
+        0,
+        "rows must split into heads of even size"
+    );
+    let hd = rows / n_head;
+    let mut out = vec![0.0f32; x.len()];
+    for h in 0..n_head {
+        for i in 0..hd / 2 {
+            for j in 0..2 {
+                let src = h * hd + j * (hd / 2) + i;
+                let dst = h * hd + 2 * i + j;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&x[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permutation_on_two_heads() {
+        // 2 heads of hd 4: HF rows [a0 a1 b0 b1 | c0 c1 d0 d1] (halves a|b) interleave to
+        // [a0 b0 a1 b1 | c0 d0 c1 d1].
+        let x: Vec<f32> = (0..8).map(|v| v as f32).collect();
+        assert_eq!(
+            permute_rows(&x, 8, 1, 2),
+            vec![0., 2., 1., 3., 4., 6., 5., 7.]
+        );
+        // Columns travel with their row.
+        let x: Vec<f32> = (0..8).flat_map(|r| [r as f32, 10.0 + r as f32]).collect();
+        let p = permute_rows(&x, 8, 2, 2);
+        assert_eq!(&p[2..4], &[2.0, 12.0]);
+    }
+}

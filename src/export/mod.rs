@@ -1,0 +1,3 @@
+//! Writing output GGUF files.
+
+pub mod model;

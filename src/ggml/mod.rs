@@ -1,0 +1,6 @@
+//! ggml tensor types and the byte formats this tool writes. Pure bytes: no candle, no files.
+
+pub mod convert;
+pub mod types;
+
+pub use types::GgmlType;

@@ -1,0 +1,5 @@
+//! Hugging Face model directories: config.json, safetensors weights, tokenizer files.
+
+pub mod config;
+pub mod tokenizer;
+pub mod weights;

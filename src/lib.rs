@@ -1,0 +1,21 @@
+//! apiq2gguf: ApiQ 2-bit quantization for GGUF / llama.cpp.
+//!
+//! Pipeline: a model source ([`source`]: HF directory via [`hf`], or a GGUF file via
+//! [`gguf::reader`]) gives GGUF metadata and tensors as f32 under GGUF names ([`arch`] holds the
+//! name tables and the RoPE permutation); [`export`] encodes them ([`ggml`]) and streams them
+//! through the atomic [`gguf::writer`]; [`runtime`] runs the result with llama.cpp.
+//!
+//! `ggml` and `gguf` are pure byte formats: no candle, no model knowledge.
+
+pub mod arch;
+pub mod atomic;
+pub mod cli;
+pub mod export;
+pub mod ggml;
+pub mod gguf;
+pub mod hf;
+pub mod inspect;
+mod mmap;
+pub mod report;
+pub mod runtime;
+pub mod source;

@@ -1,0 +1,68 @@
+//! Running GGUF files with llama.cpp (the pinned llama-cpp-2 / llama-cpp-sys-2), on the CPU.
+
+pub mod generate;
+pub mod perplexity;
+
+use std::ffi::CStr;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use llama_cpp_2::llama_backend::LlamaBackend;
+use llama_cpp_2::model::params::LlamaModelParams;
+use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
+
+/// The llama.cpp backend; `LlamaBackend::init` works once per process.
+pub struct Runtime {
+    pub backend: LlamaBackend,
+}
+
+impl Runtime {
+    pub fn init(verbose: bool) -> Result<Runtime> {
+        let backend = LlamaBackend::init().context("cannot start llama.cpp")?;
+        if !verbose {
+            llama_cpp_2::send_logs_to_tracing(
+                llama_cpp_2::LogOptions::default().with_logs_enabled(false),
+            );
+        }
+        Ok(Runtime { backend })
+    }
+
+    /// ggml's CPU feature line (`llama_print_system_info`), to check what the build uses.
+    pub fn system_info() -> String {
+        #[allow(unsafe_code)]
+        // SAFETY: llama_print_system_info returns a pointer to a static NUL-terminated buffer.
+        let s = unsafe { CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) };
+        s.to_string_lossy().trim().to_string()
+    }
+
+    pub fn load(&self, path: &Path) -> Result<LlamaModel> {
+        if !path.is_file() {
+            bail!("{}: no such file", path.display());
+        }
+        // Our own reader gives precise reasons where llama.cpp only says "null result".
+        crate::gguf::GgufFile::open(path)?;
+        let params = LlamaModelParams::default().with_n_gpu_layers(0);
+        LlamaModel::load_from_file(&self.backend, path, &params).map_err(|e| {
+            anyhow::anyhow!("{}: llama.cpp cannot load this model ({e})", path.display())
+        })
+    }
+
+    pub fn load_lora(model: &mut LlamaModel, path: &Path) -> Result<LlamaLoraAdapter> {
+        if !path.is_file() {
+            bail!("{}: no such file", path.display());
+        }
+        crate::gguf::GgufFile::open(path)?;
+        model.lora_adapter_init(path).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: llama.cpp cannot load this adapter ({e})",
+                path.display()
+            )
+        })
+    }
+}
+
+/// The thread count: all cores unless told otherwise (llama.cpp's default of 4 oversubscribes
+/// small machines).
+pub fn threads(requested: Option<usize>) -> i32 {
+    requested.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())) as i32
+}
