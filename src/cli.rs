@@ -14,7 +14,7 @@ Without a subcommand, converts MODEL (a Hugging Face directory with config.json,
 and tokenizer.json, or a .gguf file) to OUT.gguf. The output appears only when complete.";
 
 #[derive(Parser, Debug)]
-#[command(name = "apiq2gguf", version, about = ABOUT, args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+#[command(name = "apiq2gguf", version, about = ABOUT)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -31,10 +31,8 @@ pub struct Cli {
 #[derive(Args, Debug)]
 pub struct ConvertArgs {
     /// Hugging Face model directory or .gguf file.
-    #[arg(required = true)]
     pub model: Option<PathBuf>,
     /// Output GGUF path.
-    #[arg(required = true)]
     pub out: Option<PathBuf>,
     /// Tensor type of the 2-D weights (norms and other vectors stay F32; rows that Q8_0
     /// blocks do not divide fall back to F16).

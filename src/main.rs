@@ -26,10 +26,15 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         None => {
             let a = cli.convert;
-            let (model, dest) = (
-                a.model.expect("required by clap"),
-                a.out.expect("required by clap"),
-            );
+            let (Some(model), Some(dest)) = (a.model, a.out) else {
+                use clap::CommandFactory;
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::MissingRequiredArgument,
+                        "give MODEL and OUT.gguf, or a subcommand",
+                    )
+                    .exit();
+            };
             let src = source::ModelSource::open(&model, a.tokenizer_pre.as_deref())?;
             let w = export::model::convert(&src, &dest, a.out_type, &progress)?;
             eprintln!(

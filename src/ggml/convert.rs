@@ -30,7 +30,7 @@ pub fn encode(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
             .iter()
             .for_each(|v| out.extend_from_slice(&f32_to_bf16_bits(*v).to_le_bytes())),
         GgmlType::Q8_0 => {
-            if x.len() % 32 != 0 {
+            if !x.len().is_multiple_of(32) {
                 bail!(
                     "Q8_0 needs rows of a multiple of 32 values, got {}",
                     x.len()

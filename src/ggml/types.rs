@@ -72,7 +72,7 @@ impl GgmlType {
     /// Bytes of one row of `n_per_row` elements, `None` if the row is not a whole number of blocks.
     pub fn row_size(self, n_per_row: u64) -> Option<u64> {
         let bs = self.block_size as u64;
-        if n_per_row % bs != 0 {
+        if !n_per_row.is_multiple_of(bs) {
             return None;
         }
         (n_per_row / bs).checked_mul(self.type_size as u64)

