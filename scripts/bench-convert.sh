@@ -17,8 +17,10 @@ threads=$(nproc)
 ours=(); theirs=()
 for i in $(seq "$runs"); do
   rm -f "$work/ours.gguf" "$work/stock.gguf"
-  ours+=("$( { /usr/bin/time -f '%e %M' $bin -q "$work/f32.gguf" "$work/ours.gguf" --type f16 >/dev/null 2>/dev/null; } 2>&1 | tail -1)")
-  theirs+=("$( { /usr/bin/time -f '%e %M' "$stock/llama-quantize" "$work/f32.gguf" "$work/stock.gguf" F16 "$threads" >/dev/null 2>/dev/null; } 2>&1 | tail -1)")
+  /usr/bin/time -o "$work/t" -f '%e %M' $bin -q "$work/f32.gguf" "$work/ours.gguf" --type f16 >/dev/null 2>&1
+  ours+=("$(cat "$work/t")")
+  /usr/bin/time -o "$work/t" -f '%e %M' "$stock/llama-quantize" "$work/f32.gguf" "$work/stock.gguf" F16 "$threads" >/dev/null 2>&1
+  theirs+=("$(cat "$work/t")")
 done
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ow=$(printf '%s\n' "${ours[@]}" | awk '{print $1}' | median)
