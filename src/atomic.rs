@@ -88,6 +88,13 @@ impl AtomicFile {
             .into_inner()
             .map_err(|e| e.into_error())
             .with_context(ctx)?;
+        // tempfile creates 0600; outputs are ordinary files (0644 before the umask).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(std::fs::Permissions::from_mode(0o644))
+                .with_context(ctx)?;
+        }
         tmp.as_file().sync_all().with_context(ctx)?;
         tmp.persist(&target)
             .map_err(|e| e.error)

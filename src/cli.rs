@@ -6,12 +6,18 @@ use std::path::PathBuf;
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::apiq::recipe::{Method, Recipe};
 use crate::export::model::OutType;
+use crate::quant::lora::LoraSpec;
+use crate::quant::QuantSpec;
 
 const ABOUT: &str = "ApiQ 2-bit quantization for GGUF / llama.cpp.
 
-Without a subcommand, converts MODEL (a Hugging Face directory with config.json, safetensors
-and tokenizer.json, or a .gguf file) to OUT.gguf. The output appears only when complete.";
+Without a subcommand, calibrates MODEL (a Hugging Face directory with config.json, safetensors
+and tokenizer.json, or a .gguf file) with ApiQ and writes OUT.gguf (the base model, calibrated
+linears as F16 values on the learned grid) and OUT.lora.gguf (the LoRA adapter). With --type,
+converts without quantizing instead. Outputs appear only when complete; an interrupted
+calibration resumes at the next block when the same command is run again.";
 
 #[derive(Parser, Debug)]
 #[command(name = "apiq2gguf", version, about = ABOUT)]
@@ -34,14 +40,71 @@ pub struct ConvertArgs {
     pub model: Option<PathBuf>,
     /// Output GGUF path.
     pub out: Option<PathBuf>,
-    /// Tensor type of the 2-D weights (norms and other vectors stay F32; rows that Q8_0
-    /// blocks do not divide fall back to F16).
-    #[arg(long = "type", value_enum, default_value_t = OutType::F16)]
-    pub out_type: OutType,
+    /// Convert without calibrating, to this type for 2-D weights (norms and other vectors stay
+    /// F32; rows that Q8_0 blocks do not divide fall back to F16).
+    #[arg(long = "type", value_enum)]
+    pub out_type: Option<OutType>,
+    #[command(flatten)]
+    pub calib: CalibCli,
     /// llama.cpp pre-tokenizer name for byte-level BPE vocabularies, when it is not
     /// recognised from tokenizer.json (e.g. llama-bpe, qwen2, smollm, gpt-2).
     #[arg(long)]
     pub tokenizer_pre: Option<String>,
+}
+
+/// Calibration flags; defaults are the released ApiQ recipe (2-bit, g64, asymmetric, ApiQ-bw,
+/// LoRA r64 alpha 16, 20 epochs × 128 windows × 2048 tokens, seed 2).
+#[derive(Args, Debug)]
+pub struct CalibCli {
+    /// Calibration method.
+    #[arg(long, value_enum, default_value_t = Method::ApiqBw, help_heading = "Calibration")]
+    pub method: Method,
+    /// Weight bits (2, 3 or 4).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=4), help_heading = "Calibration")]
+    pub bits: u32,
+    /// Weights per quantization group along the input dimension (32, 64 or 128).
+    #[arg(long, default_value_t = 64, value_parser = parse_group_size, help_heading = "Calibration")]
+    pub group_size: usize,
+    /// Symmetric grid {−(2^(b−1)−1), …, 2^(b−1)}·s instead of asymmetric.
+    #[arg(long, help_heading = "Calibration")]
+    pub symmetric: bool,
+    /// Train the clipping only (LWC), no LoRA.
+    #[arg(long, help_heading = "Calibration")]
+    pub no_lora: bool,
+    /// LoRA rank.
+    #[arg(long, default_value_t = 64, help_heading = "Calibration")]
+    pub lora_rank: usize,
+    /// LoRA alpha (scaling = alpha / rank).
+    #[arg(long, default_value_t = 16.0, help_heading = "Calibration")]
+    pub lora_alpha: f64,
+    /// Calibration text file(s), concatenated in order [default: the C4 and Wikipedia samples
+    /// fetched by scripts/fetch-calib.sh into ~/.cache/apiq2gguf/calib].
+    #[arg(long, num_args = 1.., help_heading = "Calibration")]
+    pub calib: Vec<PathBuf>,
+    /// Use only the first N bytes of the calibration text.
+    #[arg(long, help_heading = "Calibration")]
+    pub calib_max_bytes: Option<usize>,
+    /// Number of calibration windows [default: 128; 16 with --quick].
+    #[arg(long, help_heading = "Calibration")]
+    pub nsamples: Option<usize>,
+    /// Tokens per window, clipped to the model's context [default: 2048; 256 with --quick].
+    #[arg(long, help_heading = "Calibration")]
+    pub seqlen: Option<usize>,
+    /// Passes over the windows per block [default: 20; 2 with --quick].
+    #[arg(long, help_heading = "Calibration")]
+    pub epochs: Option<usize>,
+    /// Seed of the window sampling and the LoRA initialisation.
+    #[arg(long, default_value_t = 2, help_heading = "Calibration")]
+    pub seed: u64,
+    /// A small recipe for demos and CI (16 windows × 256 tokens, 2 epochs).
+    #[arg(long, help_heading = "Calibration")]
+    pub quick: bool,
+    /// Device: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
+    #[arg(long, default_value = "cpu", help_heading = "Calibration")]
+    pub device: String,
+    /// Also train an LWC-only copy of every block on the same inputs, for the closing table.
+    #[arg(long, help_heading = "Calibration")]
+    pub baselines: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -141,5 +204,43 @@ impl TokenizeCli {
             }
             (None, None) => bail!("give --prompt or --file"),
         }
+    }
+}
+
+impl CalibCli {
+    pub fn recipe(&self) -> Result<Recipe> {
+        let base = if self.quick {
+            Recipe::quick()
+        } else {
+            Recipe::default()
+        };
+        if self.lora_rank == 0 {
+            bail!("--lora-rank must be at least 1 (use --no-lora for none)");
+        }
+        let lora = (!self.no_lora && self.method != Method::Rtn).then_some(LoraSpec {
+            rank: self.lora_rank,
+            alpha: self.lora_alpha,
+        });
+        Ok(Recipe {
+            method: self.method,
+            quant: QuantSpec {
+                bits: self.bits,
+                group_size: self.group_size,
+                symmetric: self.symmetric,
+            },
+            lora,
+            nsamples: self.nsamples.unwrap_or(base.nsamples),
+            seqlen: self.seqlen.unwrap_or(base.seqlen),
+            epochs: self.epochs.unwrap_or(base.epochs),
+            seed: self.seed,
+            ..base
+        })
+    }
+}
+
+fn parse_group_size(s: &str) -> std::result::Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(g @ (32 | 64 | 128)) => Ok(g),
+        _ => Err(format!("`{s}` is not one of 32, 64, 128")),
     }
 }

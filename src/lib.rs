@@ -7,15 +7,21 @@
 //!
 //! `ggml` and `gguf` are pure byte formats: no candle, no model knowledge.
 
+pub mod apiq;
 pub mod arch;
 pub mod atomic;
+pub mod calib;
 pub mod cli;
+pub mod device;
 pub mod export;
 pub mod ggml;
 pub mod gguf;
 pub mod hf;
 pub mod inspect;
 mod mmap;
+pub mod nn;
+pub mod pipeline;
+pub mod quant;
 pub mod report;
 pub mod runtime;
 pub mod source;

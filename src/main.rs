@@ -4,12 +4,19 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::Parser;
 
-use apiq2gguf::cli::{Cli, Command};
+use std::path::PathBuf;
+
+use apiq2gguf::cli::{CalibCli, Cli, Command};
 use apiq2gguf::report::Progress;
 use apiq2gguf::runtime::{self, perplexity, Runtime};
-use apiq2gguf::{export, gguf, inspect, source};
+use apiq2gguf::{device, export, gguf, inspect, pipeline, source};
 
 fn main() -> ExitCode {
+    // candle puts a captured backtrace into its error text when RUST_BACKTRACE is set; errors
+    // here are for users and stay one line.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -18,6 +25,79 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
+}
+
+fn calibrate(
+    c: &CalibCli,
+    model: PathBuf,
+    out: PathBuf,
+    tokenizer_pre: Option<String>,
+    progress: &Progress,
+) -> Result<()> {
+    let args = pipeline::CalibrateArgs {
+        recipe: c.recipe()?,
+        calib_files: c.calib.clone(),
+        calib_max_bytes: c.calib_max_bytes,
+        device: device::parse(&c.device)?,
+        baselines: c.baselines,
+        tokenizer_pre,
+        model,
+        out,
+    };
+    let r = &args.recipe;
+    eprintln!(
+        "calibrating {} with {:?}: {}-bit g{} {}, {}, {} windows x {} tokens, {} epochs, seed {}, {}",
+        args.model.display(),
+        r.method,
+        r.quant.bits,
+        r.quant.group_size,
+        if r.quant.symmetric { "symmetric" } else { "asymmetric" },
+        r.lora.map_or("no LoRA".to_string(), |l| format!("LoRA r{} alpha {}", l.rank, l.alpha)),
+        r.nsamples,
+        r.seqlen,
+        r.epochs,
+        r.seed,
+        c.device,
+    );
+    let s = pipeline::calibrate(&args, progress, &mut |b, n| {
+        let loss = match (b.loss_first, b.loss_last) {
+            (Some(a), Some(z)) => format!("loss {a:.3e} -> {z:.3e}"),
+            _ if b.resumed => "resumed".to_string(),
+            _ => "no training".to_string(),
+        };
+        eprintln!(
+            "[{:>3}/{n}] blk.{:<3} {loss}  mse {:.3e} (rtn {:.3e})  {:.1} s",
+            b.layer + 1,
+            b.layer,
+            b.mse_final,
+            b.mse_rtn,
+            b.seconds
+        );
+    })?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "block  mse_rtn     mse_lwc     mse_{}",
+        format!("{:?}", r.method).to_lowercase()
+    )?;
+    for b in &s.blocks {
+        let lwc = b.mse_lwc.map_or("-".to_string(), |v| format!("{v:.4e}"));
+        writeln!(
+            out,
+            "{:>5}  {:.4e}  {:>10}  {:.4e}",
+            b.layer, b.mse_rtn, lwc, b.mse_final
+        )?;
+    }
+    eprintln!("wrote {} ({})", args.out.display(), mib(s.base_bytes));
+    if let Some((p, b)) = &s.adapter {
+        eprintln!("wrote {} ({})", p.display(), mib(*b));
+    }
+    eprintln!("calibration took {:.1} s", s.seconds);
+    Ok(())
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -35,14 +115,19 @@ fn run(cli: Cli) -> Result<()> {
                     )
                     .exit();
             };
-            let src = source::ModelSource::open(&model, a.tokenizer_pre.as_deref())?;
-            let w = export::model::convert(&src, &dest, a.out_type, &progress)?;
-            eprintln!(
-                "wrote {} ({} tensors, {:.1} MiB)",
-                dest.display(),
-                w.n_tensors,
-                w.bytes as f64 / (1 << 20) as f64
-            );
+            match a.out_type {
+                Some(ty) => {
+                    let src = source::ModelSource::open(&model, a.tokenizer_pre.as_deref())?;
+                    let w = export::model::convert(&src, &dest, ty, &progress)?;
+                    eprintln!(
+                        "wrote {} ({} tensors, {})",
+                        dest.display(),
+                        w.n_tensors,
+                        mib(w.bytes)
+                    );
+                }
+                None => calibrate(&a.calib, model, dest, a.tokenizer_pre, &progress)?,
+            }
         }
         Some(Command::Inspect(a)) => {
             let g = gguf::GgufFile::open(&a.file)?;

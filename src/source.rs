@@ -215,6 +215,11 @@ impl ModelSource {
         }
     }
 
+    /// The tensor with this GGUF name.
+    pub fn tensor(&self, name: &str) -> Option<SourceTensor> {
+        self.tensors().into_iter().find(|t| t.name == name)
+    }
+
     /// A whole tensor as f32 in ggml order (row `r` of a `[out, in]` weight is values `r*in..`).
     pub fn read(&self, t: &SourceTensor) -> Result<Vec<f32>> {
         self.read_rows(t, 0..t.n_rows())

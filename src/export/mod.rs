@@ -1,3 +1,4 @@
 //! Writing output GGUF files.
 
+pub mod calibrated;
 pub mod model;

@@ -7,7 +7,12 @@ use crate::common::*;
 
 /// Runs a conversion that must fail; returns its one-line error.
 fn convert_fails(model: &Path, out: &Path) -> String {
-    let o = run(&[model.as_os_str(), out.as_os_str()]);
+    let o = run(&[
+        model.as_os_str(),
+        out.as_os_str(),
+        "--type".as_ref(),
+        "f16".as_ref(),
+    ]);
     assert!(
         !o.status.success(),
         "conversion of {} unexpectedly succeeded",

@@ -145,7 +145,12 @@ fn vocab_exported_from_tokenizer_json_tokenizes_like_the_source_gguf() {
     let dir = tempdir();
     tiny_smollm2_dir(dir.path());
     let out = dir.path().join("tiny.gguf");
-    run_ok(&[dir.path().as_os_str(), out.as_os_str()]);
+    run_ok(&[
+        dir.path().as_os_str(),
+        out.as_os_str(),
+        "--type".as_ref(),
+        "f16".as_ref(),
+    ]);
     assert_same_tokens(&smollm2_gguf(), &out);
     // A whole file too: wiki.test.raw as llama-perplexity tokenizes it.
     let wiki = shared().join("data/wikitext-2-raw/wiki.test.raw");

@@ -1,0 +1,9 @@
+//! ApiQ calibration: the recipe, the quantized block and its training, the resume state.
+
+pub mod qblock;
+pub mod recipe;
+pub mod state;
+pub mod train;
+
+#[cfg(test)]
+mod gradcheck;

@@ -1,0 +1,191 @@
+//! The quantized linears of one block: trainable (LWC logits + LoRA pair over a frozen
+//! grouped weight) and final (requantized weights `d·q + m` plus the LoRA pair).
+
+use candle_core::{DType, Result, Tensor, Var};
+
+use crate::nn::block::{self, BlockNorms, Rope};
+use crate::nn::hparams::HParams;
+use crate::quant::lora::{Lora, LoraSpec};
+use crate::quant::quantizer::{self, fake_quant, Quantized};
+use crate::quant::{GroupedWeight, Lwc, QuantSpec};
+
+/// Whether a linear of this many inputs can be quantized: groups never straddle rows, and
+/// ApiQ does not pad. Other linears stay full precision (F16 in the output), LoRA included.
+pub fn quantizable(in_features: usize, spec: &QuantSpec) -> bool {
+    in_features.is_multiple_of(spec.group_size)
+}
+
+pub struct TrainLinear {
+    /// The frozen FP weight `[out, in]`.
+    pub w: Tensor,
+    /// Grouped weight and clipping logits; `None` when the linear is not quantizable.
+    pub quant: Option<(GroupedWeight, Lwc)>,
+    pub lora: Option<Lora>,
+}
+
+impl TrainLinear {
+    pub fn new(
+        w: &Tensor,
+        spec: &QuantSpec,
+        lora: Option<(&LoraSpec, u64)>,
+    ) -> Result<TrainLinear> {
+        let (out_features, in_features) = w.dims2()?;
+        let quant = if quantizable(in_features, spec) {
+            let gw = GroupedWeight::new(w, spec.group_size)?;
+            let lwc = Lwc::new(gw.n_groups(), w.dtype(), w.device())?;
+            Some((gw, lwc))
+        } else {
+            None
+        };
+        let lora = match lora {
+            Some((ls, seed)) => Some(Lora::new(
+                ls,
+                in_features,
+                out_features,
+                seed,
+                w.dtype(),
+                w.device(),
+            )?),
+            None => None,
+        };
+        Ok(TrainLinear {
+            w: w.clone(),
+            quant,
+            lora,
+        })
+    }
+
+    pub fn forward(&self, spec: &QuantSpec, x: &Tensor) -> Result<Tensor> {
+        let y = match &self.quant {
+            Some((gw, lwc)) => block::matmul_t(
+                x,
+                &fake_quant(spec, gw, lwc.gamma.as_tensor(), lwc.beta.as_tensor())?,
+            )?,
+            None => block::matmul_t(x, &self.w)?,
+        };
+        match &self.lora {
+            Some(l) => y + l.forward(x)?,
+            None => Ok(y),
+        }
+    }
+
+    pub fn lwc_vars(&self) -> Vec<Var> {
+        self.quant
+            .iter()
+            .flat_map(|(_, l)| [l.gamma.clone(), l.beta.clone()])
+            .collect()
+    }
+
+    pub fn lora_vars(&self) -> Vec<Var> {
+        self.lora
+            .iter()
+            .flat_map(|l| [l.a.clone(), l.b.clone()])
+            .collect()
+    }
+}
+
+/// Learned parameters of one linear, as saved in the resume state.
+#[derive(Debug, Clone)]
+pub struct Learned {
+    /// LWC logits per group; `None` for RTN.
+    pub gamma: Option<Vec<f32>>,
+    pub beta: Option<Vec<f32>>,
+    /// LoRA A `[r, in]` and B `[out, r]`, row-major.
+    pub lora: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl Learned {
+    pub fn of(t: &TrainLinear) -> Result<Learned> {
+        let v = |x: &Var| -> Result<Vec<f32>> {
+            x.as_tensor().to_dtype(DType::F32)?.flatten_all()?.to_vec1()
+        };
+        Ok(Learned {
+            gamma: t.quant.as_ref().map(|(_, l)| v(&l.gamma)).transpose()?,
+            beta: t.quant.as_ref().map(|(_, l)| v(&l.beta)).transpose()?,
+            lora: match &t.lora {
+                Some(l) => Some((v(&l.a)?, v(&l.b)?)),
+                None => None,
+            },
+        })
+    }
+}
+
+/// A linear as deployed: requantized weight and optional LoRA.
+pub struct FinalLinear {
+    /// `None`: not quantizable, kept full precision.
+    pub q: Option<Quantized>,
+    /// `[out, in]` on the device: `d·q + m`, or the FP weight.
+    pub w: Tensor,
+    /// `[r, in]`, `[out, r]` and the scaling.
+    pub lora: Option<(Tensor, Tensor, f64)>,
+}
+
+impl FinalLinear {
+    pub fn new(
+        spec: &QuantSpec,
+        w: &Tensor,
+        learned: &Learned,
+        lora: Option<&LoraSpec>,
+    ) -> Result<FinalLinear> {
+        let (out, inp) = w.dims2()?;
+        let dev = w.device();
+        let q = if quantizable(inp, spec) {
+            let gw = GroupedWeight::new(w, spec.group_size)?;
+            Some(match (&learned.gamma, &learned.beta) {
+                (Some(g), Some(b)) => {
+                    let n = gw.n_groups();
+                    let g = Tensor::from_slice(g, (n, 1), dev)?;
+                    let b = Tensor::from_slice(b, (n, 1), dev)?;
+                    quantizer::requantize(spec, &gw, &g, &b)?
+                }
+                _ => quantizer::rtn(spec, &gw)?,
+            })
+        } else {
+            None
+        };
+        let wq = match &q {
+            Some(q) => Tensor::from_slice(&q.weight, (out, inp), dev)?.to_dtype(w.dtype())?,
+            None => w.clone(),
+        };
+        let lora = match (&learned.lora, lora) {
+            (Some((a, b)), Some(ls)) => Some((
+                Tensor::from_slice(a, (ls.rank, inp), dev)?.to_dtype(w.dtype())?,
+                Tensor::from_slice(b, (out, ls.rank), dev)?.to_dtype(w.dtype())?,
+                ls.scaling(),
+            )),
+            _ => None,
+        };
+        Ok(FinalLinear { q, w: wq, lora })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = block::matmul_t(x, &self.w)?;
+        match &self.lora {
+            Some((a, b, s)) => y + (block::matmul_t(&block::matmul_t(x, a)?, b)? * *s)?,
+            None => Ok(y),
+        }
+    }
+}
+
+/// Forward of a block whose linears are final.
+pub fn forward_final(
+    hp: &HParams,
+    rope: &Rope,
+    norms: &BlockNorms,
+    linears: &[FinalLinear],
+    x: &Tensor,
+) -> Result<Tensor> {
+    block::forward(hp, rope, norms, &|i, h| linears[i].forward(h), x)
+}
+
+/// Forward of a block whose linears are being trained.
+pub fn forward_train(
+    hp: &HParams,
+    rope: &Rope,
+    norms: &BlockNorms,
+    spec: &QuantSpec,
+    linears: &[TrainLinear],
+    x: &Tensor,
+) -> Result<Tensor> {
+    block::forward(hp, rope, norms, &|i, h| linears[i].forward(spec, h), x)
+}

@@ -1,0 +1,85 @@
+//! The calibration recipe. `Default` is the released ApiQ command (apiq.md §3.1,
+//! `scripts/quantize.sh`), asymmetric as the paper's results.
+
+use clap::ValueEnum;
+use serde::Serialize;
+
+use crate::quant::lora::LoraSpec;
+use crate::quant::QuantSpec;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum Method {
+    /// Block by block (the released ApiQ-bw): each block's output matches the FP model's.
+    #[value(name = "apiq-bw")]
+    ApiqBw,
+    /// Layer by layer (ApiQ-lw, paper §3.2): each linear's output matches the FP layer's.
+    #[value(name = "apiq-lw")]
+    ApiqLw,
+    /// Plain round-to-nearest over each group's full range; no training, no LoRA.
+    Rtn,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Recipe {
+    pub method: Method,
+    pub quant: QuantSpec,
+    /// `None`: LWC only (`--no-lora`), or RTN.
+    pub lora: Option<LoraSpec>,
+    /// 20 in the released script.
+    pub epochs: usize,
+    /// LWC logits: lr 5e-3, decoupled weight decay 0.1.
+    pub lwc_lr: f64,
+    pub lwc_wd: f64,
+    /// LoRA A, B: lr 5e-4, decoupled weight decay 0.1.
+    pub lora_lr: f64,
+    pub lora_wd: f64,
+    /// `--aug_loss`: also match the FP block evaluated on the quantized input.
+    pub aug_loss: bool,
+    /// Calibration windows and their length (128 × 2048).
+    pub nsamples: usize,
+    pub seqlen: usize,
+    /// ApiQ's default seed is 2.
+    pub seed: u64,
+}
+
+impl Default for Recipe {
+    fn default() -> Recipe {
+        Recipe {
+            method: Method::ApiqBw,
+            quant: QuantSpec {
+                bits: 2,
+                group_size: 64,
+                symmetric: false,
+            },
+            lora: Some(LoraSpec {
+                rank: 64,
+                alpha: 16.0,
+            }),
+            epochs: 20,
+            lwc_lr: 5e-3,
+            lwc_wd: 0.1,
+            lora_lr: 5e-4,
+            lora_wd: 0.1,
+            aug_loss: true,
+            nsamples: 128,
+            seqlen: 2048,
+            seed: 2,
+        }
+    }
+}
+
+impl Recipe {
+    /// A small recipe for demos and CI: 16 windows of 256 tokens, 2 epochs.
+    pub fn quick() -> Recipe {
+        Recipe {
+            nsamples: 16,
+            seqlen: 256,
+            epochs: 2,
+            ..Recipe::default()
+        }
+    }
+
+    pub fn trains(&self) -> bool {
+        self.method != Method::Rtn && self.epochs > 0
+    }
+}

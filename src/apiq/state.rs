@@ -1,0 +1,127 @@
+//! Resume state: after each block its learned parameters are saved (atomically) in a folder
+//! beside the output, with the recipe that produced them. Re-running the same command replays
+//! finished blocks from their saved parameters (no training) and continues with the next one,
+//! so the output is byte-identical to an uninterrupted run.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+use super::qblock::Learned;
+use crate::atomic::AtomicFile;
+use crate::nn::block::LINEARS;
+
+pub struct State {
+    dir: PathBuf,
+}
+
+/// `OUT.gguf` → `OUT.gguf.apiq-state/`.
+pub fn dir_for(out: &Path) -> PathBuf {
+    let mut s = out.as_os_str().to_owned();
+    s.push(".apiq-state");
+    PathBuf::from(s)
+}
+
+impl State {
+    /// Opens (or creates) the state folder for `out`. `fingerprint` identifies the run (recipe,
+    /// model, calibration data): state of another run is refused rather than mixed in.
+    pub fn open(out: &Path, fingerprint: &str) -> Result<State> {
+        let dir = dir_for(out);
+        let fp_path = dir.join("run.json");
+        if fp_path.exists() {
+            let old = std::fs::read_to_string(&fp_path)
+                .with_context(|| format!("{}: cannot read", fp_path.display()))?;
+            if old != fingerprint {
+                bail!(
+                    "{}: resume state of a different run (other model, data or flags); delete it to start over, or rerun the original command",
+                    dir.display()
+                );
+            }
+        } else {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("{}: cannot create resume state", dir.display()))?;
+            let mut f = AtomicFile::create(&fp_path)?;
+            f.write_all(fingerprint.as_bytes())?;
+            f.commit()?;
+        }
+        Ok(State { dir })
+    }
+
+    fn block_path(&self, layer: usize) -> PathBuf {
+        self.dir.join(format!("block-{layer:04}.safetensors"))
+    }
+
+    pub fn load(&self, layer: usize) -> Result<Option<Vec<Learned>>> {
+        let p = self.block_path(layer);
+        if !p.exists() {
+            return Ok(None);
+        }
+        let bytes = std::fs::read(&p).with_context(|| format!("{}: cannot read", p.display()))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .with_context(|| format!("{}: damaged resume state", p.display()))?;
+        let get = |name: String| -> Result<Option<Vec<f32>>> {
+            match st.tensor(&name) {
+                Ok(t) => Ok(Some(
+                    t.data()
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect(),
+                )),
+                Err(safetensors::SafeTensorError::TensorNotFound(_)) => Ok(None),
+                Err(e) => bail!("{}: damaged resume state: {e}", p.display()),
+            }
+        };
+        let mut out = Vec::with_capacity(LINEARS.len());
+        for l in LINEARS {
+            let lora = match (get(format!("{l}.lora_a"))?, get(format!("{l}.lora_b"))?) {
+                (Some(a), Some(b)) => Some((a, b)),
+                _ => None,
+            };
+            out.push(Learned {
+                gamma: get(format!("{l}.gamma"))?,
+                beta: get(format!("{l}.beta"))?,
+                lora,
+            });
+        }
+        Ok(Some(out))
+    }
+
+    pub fn save(&self, layer: usize, learned: &[Learned]) -> Result<()> {
+        let mut named: Vec<(String, Vec<u8>)> = Vec::new();
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        for (l, p) in LINEARS.iter().zip(learned) {
+            if let (Some(g), Some(b)) = (&p.gamma, &p.beta) {
+                named.push((format!("{l}.gamma"), bytes(g)));
+                named.push((format!("{l}.beta"), bytes(b)));
+            }
+            if let Some((a, b)) = &p.lora {
+                named.push((format!("{l}.lora_a"), bytes(a)));
+                named.push((format!("{l}.lora_b"), bytes(b)));
+            }
+        }
+        let views = named
+            .iter()
+            .map(|(n, b)| {
+                Ok((
+                    n.clone(),
+                    TensorView::new(Dtype::F32, vec![b.len() / 4], b)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let data = safetensors::serialize(views, None)?;
+        let p = self.block_path(layer);
+        let mut f = AtomicFile::create(&p)?;
+        f.write_all(&data)
+            .with_context(|| format!("{}: cannot write resume state", p.display()))?;
+        f.commit()
+    }
+
+    /// Removes the folder once the outputs are complete.
+    pub fn remove(self) -> Result<()> {
+        std::fs::remove_dir_all(&self.dir)
+            .with_context(|| format!("{}: cannot remove resume state", self.dir.display()))
+    }
+}

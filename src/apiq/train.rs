@@ -1,0 +1,263 @@
+//! Training one block (ApiQ-bw) or its linears in order (ApiQ-lw): AdamW with two parameter
+//! groups, batch 1, windows in fixed order, `epochs` passes (apiq.md §3.1, §3.2).
+
+use anyhow::{bail, Result};
+use candle_core::{Tensor, Var};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+
+use super::qblock::{forward_final, forward_train, FinalLinear, Learned, TrainLinear};
+use super::recipe::Recipe;
+use crate::nn::block::{self, Rope, LINEARS};
+use crate::nn::hparams::HParams;
+use crate::nn::model::BlockWeights;
+
+/// What the caller sees of training progress.
+pub trait StepObserver {
+    fn step(&mut self, epoch: usize, index: usize, loss: f64);
+}
+
+impl<F: FnMut(usize, usize, f64)> StepObserver for F {
+    fn step(&mut self, epoch: usize, index: usize, loss: f64) {
+        self(epoch, index, loss)
+    }
+}
+
+/// Per-linear LoRA init seed: the same for a block whether the run is fresh or resumed.
+fn lora_seed(seed: u64, layer: usize, linear: usize) -> u64 {
+    seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((layer as u64) << 8 | linear as u64)
+}
+
+fn adamw(vars: Vec<Var>, lr: f64, wd: f64) -> candle_core::Result<AdamW> {
+    // torch.optim.AdamW defaults besides lr and weight decay.
+    AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: wd,
+        },
+    )
+}
+
+fn mse(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
+    (a - b)?.sqr()?.mean_all()
+}
+
+fn new_linears(
+    r: &Recipe,
+    bw: &BlockWeights,
+    layer: usize,
+    with_lora: bool,
+) -> Result<Vec<TrainLinear>> {
+    let lora = if with_lora { r.lora.as_ref() } else { None };
+    Ok(bw
+        .w
+        .iter()
+        .enumerate()
+        .map(|(i, w)| TrainLinear::new(w, &r.quant, lora.map(|l| (l, lora_seed(r.seed, layer, i)))))
+        .collect::<candle_core::Result<Vec<_>>>()?)
+}
+
+fn check_finite(loss: f64, layer: usize, epoch: usize, index: usize) -> Result<()> {
+    if !loss.is_finite() {
+        bail!("block {layer}: loss is {loss} at epoch {epoch}, window {index} (hint: lower the learning rates, or use fewer bits of compression)");
+    }
+    Ok(())
+}
+
+/// ApiQ-bw for block `layer`: targets `fp_out[j] = F(fp_in[j])` (and `fp_out2[j] = F(q_in[j])`
+/// with the aug loss); trains on `q_in`. `with_lora = false` trains LWC only.
+#[allow(clippy::too_many_arguments)]
+pub fn train_block(
+    r: &Recipe,
+    hp: &HParams,
+    rope: &Rope,
+    bw: &BlockWeights,
+    layer: usize,
+    q_in: &[Tensor],
+    fp_out: &[Tensor],
+    fp_out2: Option<&[Tensor]>,
+    with_lora: bool,
+    obs: &mut dyn StepObserver,
+) -> Result<Vec<Learned>> {
+    let linears = new_linears(r, bw, layer, with_lora)?;
+    let mut opt_lwc = adamw(
+        linears.iter().flat_map(TrainLinear::lwc_vars).collect(),
+        r.lwc_lr,
+        r.lwc_wd,
+    )?;
+    let lora_vars: Vec<Var> = linears.iter().flat_map(TrainLinear::lora_vars).collect();
+    let mut opt_lora = if lora_vars.is_empty() {
+        None
+    } else {
+        Some(adamw(lora_vars, r.lora_lr, r.lora_wd)?)
+    };
+    for epoch in 0..r.epochs {
+        for (j, x) in q_in.iter().enumerate() {
+            let out = forward_train(hp, rope, &bw.norms, &r.quant, &linears, x)?;
+            let mut loss = mse(&out, &fp_out[j])?;
+            if let Some(t2) = fp_out2 {
+                loss = (loss + mse(&out, &t2[j])?)?;
+            }
+            let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+            check_finite(value, layer, epoch, j)?;
+            let grads = loss.backward()?;
+            opt_lwc.step(&grads)?;
+            if let Some(o) = opt_lora.as_mut() {
+                o.step(&grads)?;
+            }
+            obs.step(epoch, j, value);
+        }
+    }
+    linears.iter().map(|l| Ok(Learned::of(l)?)).collect()
+}
+
+/// ApiQ-lw for block `layer`: the linears in groups {q,k,v}, {o}, {gate,up}, {down}; each
+/// group's loss is `Σ MSE(X·Wᵀ, Xq·(Ŵq)ᵀ + LoRA(Xq))` where X is the layer's input in the FP
+/// model and Xq its input in the quantized model (earlier groups already final).
+#[allow(clippy::too_many_arguments)]
+pub fn train_block_lw(
+    r: &Recipe,
+    hp: &HParams,
+    rope: &Rope,
+    bw: &BlockWeights,
+    layer: usize,
+    fp_in: &[Tensor],
+    q_in: &[Tensor],
+    with_lora: bool,
+    obs: &mut dyn StepObserver,
+) -> Result<Vec<Learned>> {
+    const GROUPS: [&[usize]; 4] = [
+        &[block::Q, block::K, block::V],
+        &[block::O],
+        &[block::GATE, block::UP],
+        &[block::DOWN],
+    ];
+    let linears = new_linears(r, bw, layer, with_lora)?;
+    let mut learned: Vec<Option<Learned>> = vec![None; LINEARS.len()];
+    let mut finals: Vec<Option<FinalLinear>> = (0..LINEARS.len()).map(|_| None).collect();
+    for group in GROUPS {
+        // Inputs of this group's linears: FP model on fp_in, quantized model on q_in (final
+        // linears where done, FP weights elsewhere: later linears do not affect these inputs).
+        let capture = |x: &Tensor, quantized: bool| -> Result<Vec<Tensor>> {
+            let seen = std::cell::RefCell::new(vec![None; LINEARS.len()]);
+            let lin = |i: usize, h: &Tensor| -> candle_core::Result<Tensor> {
+                seen.borrow_mut()[i] = Some(h.detach());
+                match (&finals[i], quantized) {
+                    (Some(f), true) => f.forward(h),
+                    _ => block::matmul_t(h, &bw.w[i]),
+                }
+            };
+            block::forward(hp, rope, &bw.norms, &lin, x)?;
+            let seen = seen.into_inner();
+            Ok(group
+                .iter()
+                .map(|&i| seen[i].clone().expect("every linear runs"))
+                .collect())
+        };
+        let mut targets = Vec::with_capacity(fp_in.len());
+        let mut inputs = Vec::with_capacity(q_in.len());
+        for (xf, xq) in fp_in.iter().zip(q_in) {
+            let xs = capture(xf, false)?;
+            targets.push(
+                group
+                    .iter()
+                    .zip(&xs)
+                    .map(|(&i, x)| block::matmul_t(x, &bw.w[i]))
+                    .collect::<candle_core::Result<Vec<_>>>()?,
+            );
+            inputs.push(capture(xq, true)?);
+        }
+        let mut opt_lwc = adamw(
+            group.iter().flat_map(|&i| linears[i].lwc_vars()).collect(),
+            r.lwc_lr,
+            r.lwc_wd,
+        )?;
+        let lora_vars: Vec<Var> = group.iter().flat_map(|&i| linears[i].lora_vars()).collect();
+        let mut opt_lora = if lora_vars.is_empty() {
+            None
+        } else {
+            Some(adamw(lora_vars, r.lora_lr, r.lora_wd)?)
+        };
+        for epoch in 0..r.epochs {
+            for j in 0..inputs.len() {
+                let mut loss: Option<Tensor> = None;
+                for (k, &i) in group.iter().enumerate() {
+                    let l = mse(
+                        &linears[i].forward(&r.quant, &inputs[j][k])?,
+                        &targets[j][k],
+                    )?;
+                    loss = Some(match loss {
+                        Some(acc) => (acc + l)?,
+                        None => l,
+                    });
+                }
+                let loss = loss.expect("non-empty group");
+                let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+                check_finite(value, layer, epoch, j)?;
+                let grads = loss.backward()?;
+                opt_lwc.step(&grads)?;
+                if let Some(o) = opt_lora.as_mut() {
+                    o.step(&grads)?;
+                }
+                obs.step(epoch, j, value);
+            }
+        }
+        for &i in group {
+            let l = Learned::of(&linears[i])?;
+            finals[i] = Some(FinalLinear::new(
+                &r.quant,
+                &bw.w[i],
+                &l,
+                if with_lora { r.lora.as_ref() } else { None },
+            )?);
+            learned[i] = Some(l);
+        }
+    }
+    Ok(learned
+        .into_iter()
+        .map(|l| l.expect("every group trained"))
+        .collect())
+}
+
+/// The final linears of a block from what was learned (or RTN when nothing was).
+pub fn finalize(r: &Recipe, bw: &BlockWeights, learned: &[Learned]) -> Result<Vec<FinalLinear>> {
+    Ok(bw
+        .w
+        .iter()
+        .zip(learned)
+        .map(|(w, l)| FinalLinear::new(&r.quant, w, l, r.lora.as_ref()))
+        .collect::<candle_core::Result<Vec<_>>>()?)
+}
+
+/// Mean over windows of the block output MSE against the targets.
+pub fn output_mse(
+    hp: &HParams,
+    rope: &Rope,
+    bw: &BlockWeights,
+    linears: &[FinalLinear],
+    q_in: &[Tensor],
+    fp_out: &[Tensor],
+) -> Result<f64> {
+    let mut sum = 0.0;
+    for (x, t) in q_in.iter().zip(fp_out) {
+        let y = forward_final(hp, rope, &bw.norms, linears, x)?;
+        sum += mse(&y, t)?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
+    }
+    Ok(sum / q_in.len().max(1) as f64)
+}
+
+/// RTN learned state: nothing learned.
+pub fn rtn_learned() -> Vec<Learned> {
+    (0..LINEARS.len())
+        .map(|_| Learned {
+            gamma: None,
+            beta: None,
+            lora: None,
+        })
+        .collect()
+}

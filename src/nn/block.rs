@@ -1,0 +1,162 @@
+//! One LLaMA/Qwen2 decoder block, written from differentiable candle primitives only (candle's
+//! fused softmax, RMSNorm and RoPE ops have no backward pass). The seven linears are supplied
+//! by the caller, so the same forward serves the full-precision and the quantized block.
+//!
+//! Weights are in GGUF order (q/k rows interleaved for llama), so RoPE rotates what llama.cpp
+//! rotates: pairs (2i, 2i+1) for llama, (i, i + hd/2) for qwen2.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+use super::hparams::{HParams, RopeKind};
+
+/// The seven linears of a block, in ApiQ's order, with their GGUF names.
+pub const LINEARS: [&str; 7] = [
+    "attn_q",
+    "attn_k",
+    "attn_v",
+    "attn_output",
+    "ffn_gate",
+    "ffn_up",
+    "ffn_down",
+];
+pub const Q: usize = 0;
+pub const K: usize = 1;
+pub const V: usize = 2;
+pub const O: usize = 3;
+pub const GATE: usize = 4;
+pub const UP: usize = 5;
+pub const DOWN: usize = 6;
+
+/// Frozen tensors of a block: norms and biases (the linears' weights live with their caller).
+pub struct BlockNorms {
+    pub attn_norm: Tensor,
+    pub ffn_norm: Tensor,
+    /// q, k, v biases (qwen2).
+    pub bias: [Option<Tensor>; 3],
+}
+
+/// cos/sin tables `[L, hd/2]` for positions 0..L.
+pub struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    kind: RopeKind,
+}
+
+impl Rope {
+    pub fn new(hp: &HParams, len: usize, dtype: DType, dev: &Device) -> Result<Rope> {
+        let half = hp.head_dim / 2;
+        // As ggml's rope: theta_i = base^(−2i/hd), divided by the Llama-3.1 factor if any.
+        let theta: Vec<f64> = (0..half)
+            .map(|i| {
+                let t = f64::from(hp.rope_base).powf(-2.0 * i as f64 / hp.head_dim as f64);
+                t / hp.rope_factors.as_ref().map_or(1.0, |f| f64::from(f[i]))
+            })
+            .collect();
+        let mut cos = Vec::with_capacity(len * half);
+        let mut sin = Vec::with_capacity(len * half);
+        for p in 0..len {
+            for t in &theta {
+                let a = p as f64 * t;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        Ok(Rope {
+            cos: Tensor::from_vec(cos, (len, half), dev)?.to_dtype(dtype)?,
+            sin: Tensor::from_vec(sin, (len, half), dev)?.to_dtype(dtype)?,
+            kind: hp.rope,
+        })
+    }
+
+    /// `x`: `[B, H, L, hd]`.
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, l, hd) = x.dims4()?;
+        let cos = self.cos.narrow(0, 0, l)?;
+        let sin = self.sin.narrow(0, 0, l)?;
+        match self.kind {
+            RopeKind::Norm => {
+                let x = x.reshape((b, h, l, hd / 2, 2))?;
+                let x0 = x.narrow(D::Minus1, 0, 1)?.squeeze(D::Minus1)?;
+                let x1 = x.narrow(D::Minus1, 1, 1)?.squeeze(D::Minus1)?;
+                let r0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+                let r1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+                Tensor::stack(&[r0, r1], D::Minus1)?.reshape((b, h, l, hd))
+            }
+            RopeKind::Neox => {
+                let x0 = x.narrow(D::Minus1, 0, hd / 2)?;
+                let x1 = x.narrow(D::Minus1, hd / 2, hd / 2)?;
+                let r0 = (x0.broadcast_mul(&cos)? - x1.broadcast_mul(&sin)?)?;
+                let r1 = (x0.broadcast_mul(&sin)? + x1.broadcast_mul(&cos)?)?;
+                Tensor::cat(&[r0, r1], D::Minus1)
+            }
+        }
+    }
+}
+
+pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f32) -> Result<Tensor> {
+    let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(ms + f64::from(eps))?.sqrt()?)?
+        .broadcast_mul(w)
+}
+
+/// Softmax over the last dim; the max is detached (softmax does not depend on the shift).
+fn softmax(x: &Tensor) -> Result<Tensor> {
+    let m = x.max_keepdim(D::Minus1)?.detach();
+    let e = x.broadcast_sub(&m)?.exp()?;
+    e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+}
+
+fn causal_mask(l: usize, dtype: DType, dev: &Device) -> Result<Tensor> {
+    let m: Vec<f32> = (0..l)
+        .flat_map(|i| (0..l).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(m, (l, l), dev)?.to_dtype(dtype)
+}
+
+/// `x`: `[B, L, E]` → `[B, L, E]`. `linear(i, h)` applies linear `i` (see [`LINEARS`]).
+pub fn forward(
+    hp: &HParams,
+    rope: &Rope,
+    norms: &BlockNorms,
+    linear: &dyn Fn(usize, &Tensor) -> Result<Tensor>,
+    x: &Tensor,
+) -> Result<Tensor> {
+    let (b, l, _) = x.dims3()?;
+    let (nh, nkv, hd) = (hp.n_head, hp.n_head_kv, hp.head_dim);
+    let h = rms_norm(x, &norms.attn_norm, hp.rms_eps)?;
+    let proj = |i: usize, heads: usize| -> Result<Tensor> {
+        let mut y = linear(i, &h)?;
+        if let Some(bias) = &norms.bias[i] {
+            y = y.broadcast_add(bias)?;
+        }
+        y.reshape((b, l, heads, hd))?.transpose(1, 2)?.contiguous()
+    };
+    let q = rope.apply(&proj(Q, nh)?)?;
+    let k = rope.apply(&proj(K, nkv)?)?;
+    let v = proj(V, nkv)?;
+    let rep = nh / nkv;
+    let expand = |t: Tensor| -> Result<Tensor> {
+        if rep == 1 {
+            return Ok(t);
+        }
+        t.unsqueeze(2)?
+            .broadcast_as((b, nkv, rep, l, hd))?
+            .reshape((b, nh, l, hd))
+    };
+    let (k, v) = (expand(k)?, expand(v)?);
+    let scores = (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
+    let scores = scores.broadcast_add(&causal_mask(l, x.dtype(), x.device())?)?;
+    let att = softmax(&scores)?.matmul(&v)?;
+    let att = att.transpose(1, 2)?.reshape((b, l, nh * hd))?;
+    let x = (x + linear(O, &att)?)?;
+    let h = rms_norm(&x, &norms.ffn_norm, hp.rms_eps)?;
+    let g = linear(GATE, &h)?;
+    let u = linear(UP, &h)?;
+    let act = (candle_nn::ops::sigmoid(&g)?.mul(&g)? * u)?;
+    x + linear(DOWN, &act)?
+}
+
+/// `x·Wᵀ` for `x` `[B, L, in]` and `W` `[out, in]`.
+pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.broadcast_matmul(&w.t()?)
+}
