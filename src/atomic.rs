@@ -27,6 +27,21 @@ fn install_interrupt_handler() {
     });
 }
 
+/// Removes temporary files a killed run (SIGKILL, power loss) left for the same output.
+fn remove_stale(parent: &Path, name: &str) {
+    let prefix = format!(".{name}.");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let f = e.file_name();
+        let f = f.to_string_lossy();
+        if f.starts_with(&prefix) && f.ends_with(".partial") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
 /// A file being written; `commit` renames it to its final path, dropping it deletes it.
 pub struct AtomicFile {
     target: PathBuf,
@@ -59,6 +74,7 @@ impl AtomicFile {
         if target.is_dir() {
             anyhow::bail!("{}: is a directory", target.display());
         }
+        remove_stale(&parent, &name);
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".{name}."))
             .suffix(".partial")
