@@ -118,6 +118,26 @@ pub enum Command {
     Inspect(InspectCli),
     /// llama.cpp's token ids for a text, one line, space-separated.
     Tokenize(TokenizeCli),
+    /// Time one ApiQ-bw training step on a random block of a named shape (benchmarks).
+    #[command(hide = true)]
+    BenchStep(BenchStepCli),
+}
+
+#[derive(Args, Debug)]
+pub struct BenchStepCli {
+    /// Block shape: stories260k, smollm2-135m or llama2-7b.
+    #[arg(long, default_value = "smollm2-135m")]
+    pub shape: String,
+    /// Tokens per step.
+    #[arg(long, default_value_t = 2048)]
+    pub seqlen: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Args, Debug)]

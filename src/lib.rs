@@ -10,6 +10,7 @@
 pub mod apiq;
 pub mod arch;
 pub mod atomic;
+pub mod bench;
 pub mod calib;
 pub mod cli;
 pub mod device;

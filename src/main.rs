@@ -6,6 +6,7 @@ use clap::Parser;
 
 use std::path::PathBuf;
 
+use apiq2gguf::apiq::recipe::Method;
 use apiq2gguf::cli::{CalibCli, Cli, Command};
 use apiq2gguf::report::Progress;
 use apiq2gguf::runtime::{self, perplexity, Runtime};
@@ -79,11 +80,13 @@ fn calibrate(
         );
     })?;
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "block  mse_rtn     mse_lwc     mse_{}",
-        format!("{:?}", r.method).to_lowercase()
-    )?;
+    let label = match (r.method, r.lora) {
+        (Method::Rtn, _) => "rtn",
+        (_, None) => "lwc-only",
+        (Method::ApiqLw, _) => "apiq-lw",
+        (Method::ApiqBw, _) => "apiq-bw",
+    };
+    writeln!(out, "block  mse_rtn     mse_lwc     mse_{label}")?;
     for b in &s.blocks {
         let lwc = b.mse_lwc.map_or("-".to_string(), |v| format!("{v:.4e}"));
         writeln!(
@@ -172,6 +175,17 @@ fn run(cli: Cli) -> Result<()> {
                 writeln!(out, "prompt ids: {}", join(&g.prompt_ids))?;
                 writeln!(out, "generated ids: {}", join(&g.ids))?;
             }
+        }
+        Some(Command::BenchStep(a)) => {
+            let hp = apiq2gguf::bench::shape(&a.shape)?;
+            let dev = device::parse(&a.device)?;
+            let r = apiq2gguf::apiq::recipe::Recipe::default();
+            let t = apiq2gguf::bench::train_step(&hp, a.seqlen, &r, &dev, a.warmup, a.steps)?;
+            writeln!(
+                out,
+                "{} seq {} on {}: {:.2} ms/step, {:.0} tokens/s ({} steps)",
+                a.shape, a.seqlen, a.device, t.ms_per_step, t.tokens_per_s, t.steps
+            )?;
         }
         Some(Command::Tokenize(a)) => {
             let rt = Runtime::init(cli.verbose)?;

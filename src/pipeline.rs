@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
-use crate::apiq::recipe::{Method, Recipe};
+use crate::apiq::recipe::Recipe;
 use crate::apiq::state::State;
 use crate::apiq::train;
 use crate::calib::{data, load};
@@ -106,6 +106,15 @@ pub fn calibrate(
             .collect::<candle_core::Result<_>>()
             .with_context(ctx)?;
         let mut losses: Vec<f64> = Vec::new();
+        let data = train::BlockData {
+            hp: &hp,
+            rope: &rope,
+            bw: &bw,
+            layer,
+            fp_in: &fp_in,
+            q_in: &q_in,
+            fp_out: &fp_out,
+        };
         let saved = state.load(layer)?;
         let resumed = saved.is_some();
         let learned = match saved {
@@ -119,43 +128,8 @@ pub fn calibrate(
                     bar.set_message(format!("blk.{layer} loss {loss:.3e}"));
                     bar.inc(1);
                 };
-                let learned = match r.method {
-                    Method::ApiqLw => train::train_block_lw(
-                        r,
-                        &hp,
-                        &rope,
-                        &bw,
-                        layer,
-                        &fp_in,
-                        &q_in,
-                        r.lora.is_some(),
-                        &mut obs,
-                    ),
-                    _ => {
-                        let fp_out2: Option<Vec<Tensor>> = if r.aug_loss {
-                            Some(
-                                q_in.iter()
-                                    .map(|x| bw.forward_fp(&hp, &rope, x))
-                                    .collect::<candle_core::Result<_>>()?,
-                            )
-                        } else {
-                            None
-                        };
-                        train::train_block(
-                            r,
-                            &hp,
-                            &rope,
-                            &bw,
-                            layer,
-                            &q_in,
-                            &fp_out,
-                            fp_out2.as_deref(),
-                            r.lora.is_some(),
-                            &mut obs,
-                        )
-                    }
-                }
-                .with_context(ctx)?;
+                let learned =
+                    train::train(r, &data, r.lora.is_some(), &mut obs).with_context(ctx)?;
                 bar.finish_and_clear();
                 state.save(layer, &learned)?;
                 learned
@@ -177,40 +151,7 @@ pub fn calibrate(
                 lora: None,
                 ..r.clone()
             };
-            let fp_out2: Option<Vec<Tensor>> = if r.aug_loss && r.method != Method::ApiqLw {
-                Some(
-                    q_in.iter()
-                        .map(|x| bw.forward_fp(&hp, &rope, x))
-                        .collect::<candle_core::Result<_>>()?,
-                )
-            } else {
-                None
-            };
-            let learned = match r.method {
-                Method::ApiqLw => train::train_block_lw(
-                    &lwc_recipe,
-                    &hp,
-                    &rope,
-                    &bw,
-                    layer,
-                    &fp_in,
-                    &q_in,
-                    false,
-                    &mut |_, _, _| {},
-                )?,
-                _ => train::train_block(
-                    &lwc_recipe,
-                    &hp,
-                    &rope,
-                    &bw,
-                    layer,
-                    &q_in,
-                    &fp_out,
-                    fp_out2.as_deref(),
-                    false,
-                    &mut |_, _, _| {},
-                )?,
-            };
+            let learned = train::train(&lwc_recipe, &data, false, &mut |_, _, _| {})?;
             let lin = train::finalize(&lwc_recipe, &bw, &learned)?;
             Some(train::output_mse(&hp, &rope, &bw, &lin, &q_in, &fp_out)?)
         } else {

@@ -6,7 +6,7 @@ use candle_core::{Tensor, Var};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use super::qblock::{forward_final, forward_train, FinalLinear, Learned, TrainLinear};
-use super::recipe::Recipe;
+use super::recipe::{Method, Recipe};
 use crate::nn::block::{self, Rope, LINEARS};
 use crate::nn::hparams::HParams;
 use crate::nn::model::BlockWeights;
@@ -60,6 +60,94 @@ fn new_linears(
         .collect::<candle_core::Result<Vec<_>>>()?)
 }
 
+/// The two AdamW parameter groups of ApiQ: LWC logits and LoRA pairs.
+struct Optimizers {
+    lwc: AdamW,
+    lora: Option<AdamW>,
+}
+
+impl Optimizers {
+    fn new(r: &Recipe, lwc: Vec<Var>, lora: Vec<Var>) -> Result<Optimizers> {
+        Ok(Optimizers {
+            lwc: adamw(lwc, r.lwc_lr, r.lwc_wd)?,
+            lora: if lora.is_empty() {
+                None
+            } else {
+                Some(adamw(lora, r.lora_lr, r.lora_wd)?)
+            },
+        })
+    }
+
+    /// Backward through `loss` and one update of both groups.
+    fn step(
+        &mut self,
+        loss: &Tensor,
+        layer: usize,
+        epoch: usize,
+        index: usize,
+        obs: &mut dyn StepObserver,
+    ) -> Result<()> {
+        let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        check_finite(value, layer, epoch, index)?;
+        let grads = loss.backward()?;
+        self.lwc.step(&grads)?;
+        if let Some(o) = self.lora.as_mut() {
+            o.step(&grads)?;
+        }
+        obs.step(epoch, index, value);
+        Ok(())
+    }
+}
+
+/// What training one block needs: its weights, the inputs of both chains and the FP targets.
+pub struct BlockData<'a> {
+    pub hp: &'a HParams,
+    pub rope: &'a Rope,
+    pub bw: &'a BlockWeights,
+    pub layer: usize,
+    pub fp_in: &'a [Tensor],
+    pub q_in: &'a [Tensor],
+    pub fp_out: &'a [Tensor],
+}
+
+/// Trains one block with the recipe's method (`with_lora = false`: LWC only).
+pub fn train(
+    r: &Recipe,
+    d: &BlockData,
+    with_lora: bool,
+    obs: &mut dyn StepObserver,
+) -> Result<Vec<Learned>> {
+    match r.method {
+        Method::ApiqLw => train_block_lw(
+            r, d.hp, d.rope, d.bw, d.layer, d.fp_in, d.q_in, with_lora, obs,
+        ),
+        _ => {
+            let fp_out2: Option<Vec<Tensor>> = if r.aug_loss {
+                Some(
+                    d.q_in
+                        .iter()
+                        .map(|x| d.bw.forward_fp(d.hp, d.rope, x))
+                        .collect::<candle_core::Result<_>>()?,
+                )
+            } else {
+                None
+            };
+            train_block(
+                r,
+                d.hp,
+                d.rope,
+                d.bw,
+                d.layer,
+                d.q_in,
+                d.fp_out,
+                fp_out2.as_deref(),
+                with_lora,
+                obs,
+            )
+        }
+    }
+}
+
 fn check_finite(loss: f64, layer: usize, epoch: usize, index: usize) -> Result<()> {
     if !loss.is_finite() {
         bail!("block {layer}: loss is {loss} at epoch {epoch}, window {index} (hint: lower the learning rates, or use fewer bits of compression)");
@@ -83,17 +171,11 @@ pub fn train_block(
     obs: &mut dyn StepObserver,
 ) -> Result<Vec<Learned>> {
     let linears = new_linears(r, bw, layer, with_lora)?;
-    let mut opt_lwc = adamw(
+    let mut opt = Optimizers::new(
+        r,
         linears.iter().flat_map(TrainLinear::lwc_vars).collect(),
-        r.lwc_lr,
-        r.lwc_wd,
+        linears.iter().flat_map(TrainLinear::lora_vars).collect(),
     )?;
-    let lora_vars: Vec<Var> = linears.iter().flat_map(TrainLinear::lora_vars).collect();
-    let mut opt_lora = if lora_vars.is_empty() {
-        None
-    } else {
-        Some(adamw(lora_vars, r.lora_lr, r.lora_wd)?)
-    };
     for epoch in 0..r.epochs {
         for (j, x) in q_in.iter().enumerate() {
             let out = forward_train(hp, rope, &bw.norms, &r.quant, &linears, x)?;
@@ -101,14 +183,7 @@ pub fn train_block(
             if let Some(t2) = fp_out2 {
                 loss = (loss + mse(&out, &t2[j])?)?;
             }
-            let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-            check_finite(value, layer, epoch, j)?;
-            let grads = loss.backward()?;
-            opt_lwc.step(&grads)?;
-            if let Some(o) = opt_lora.as_mut() {
-                o.step(&grads)?;
-            }
-            obs.step(epoch, j, value);
+            opt.step(&loss, layer, epoch, j, obs)?;
         }
     }
     linears.iter().map(|l| Ok(Learned::of(l)?)).collect()
@@ -170,17 +245,11 @@ pub fn train_block_lw(
             );
             inputs.push(capture(xq, true)?);
         }
-        let mut opt_lwc = adamw(
+        let mut opt = Optimizers::new(
+            r,
             group.iter().flat_map(|&i| linears[i].lwc_vars()).collect(),
-            r.lwc_lr,
-            r.lwc_wd,
+            group.iter().flat_map(|&i| linears[i].lora_vars()).collect(),
         )?;
-        let lora_vars: Vec<Var> = group.iter().flat_map(|&i| linears[i].lora_vars()).collect();
-        let mut opt_lora = if lora_vars.is_empty() {
-            None
-        } else {
-            Some(adamw(lora_vars, r.lora_lr, r.lora_wd)?)
-        };
         for epoch in 0..r.epochs {
             for j in 0..inputs.len() {
                 let mut loss: Option<Tensor> = None;
@@ -194,15 +263,7 @@ pub fn train_block_lw(
                         None => l,
                     });
                 }
-                let loss = loss.expect("non-empty group");
-                let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
-                check_finite(value, layer, epoch, j)?;
-                let grads = loss.backward()?;
-                opt_lwc.step(&grads)?;
-                if let Some(o) = opt_lora.as_mut() {
-                    o.step(&grads)?;
-                }
-                obs.step(epoch, j, value);
+                opt.step(&loss.expect("non-empty group"), layer, epoch, j, obs)?;
             }
         }
         for &i in group {

@@ -57,7 +57,7 @@ fn calibrate(out: &Path, extra: &[&str]) -> String {
         "--calib".as_ref(),
         calib.as_os_str(),
     ];
-    args.extend(extra.iter().map(|s| std::ffi::OsStr::new(s)));
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
     run_ok(&args)
 }
 

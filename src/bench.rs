@@ -1,0 +1,123 @@
+//! One ApiQ-bw training step on a random block of a named shape, timed: what the calibration
+//! spends per step (fake-quantize all seven linears, block forward with LoRA, MSE + aug MSE,
+//! backward, two AdamW updates). For the benchmark scripts; not a test.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+
+use crate::apiq::qblock::{forward_train, TrainLinear};
+use crate::apiq::recipe::Recipe;
+use crate::nn::block::{BlockNorms, Rope};
+use crate::nn::hparams::{HParams, RopeKind};
+
+pub const SHAPES: &str = "stories260k, smollm2-135m, llama2-7b";
+
+/// Block hyper-parameters of the named model.
+pub fn shape(name: &str) -> Result<HParams> {
+    let (e, ff, nh, nkv) = match name {
+        "stories260k" => (64, 172, 8, 4),
+        "smollm2-135m" => (576, 1536, 9, 3),
+        "llama2-7b" => (4096, 11008, 32, 32),
+        other => bail!("unknown shape `{other}` (known: {SHAPES})"),
+    };
+    Ok(HParams {
+        arch: "llama".into(),
+        n_embd: e,
+        n_ff: ff,
+        n_layer: 1,
+        n_head: nh,
+        n_head_kv: nkv,
+        head_dim: e / nh,
+        n_ctx_train: 4096,
+        rms_eps: 1e-5,
+        rope_base: 10000.0,
+        rope: RopeKind::Norm,
+        rope_factors: None,
+        qkv_bias: false,
+    })
+}
+
+pub struct StepTiming {
+    pub ms_per_step: f64,
+    pub tokens_per_s: f64,
+    pub steps: usize,
+}
+
+/// Times `steps` training steps after `warmup` untimed ones.
+pub fn train_step(
+    hp: &HParams,
+    seqlen: usize,
+    recipe: &Recipe,
+    dev: &Device,
+    warmup: usize,
+    steps: usize,
+) -> Result<StepTiming> {
+    if dev.is_cuda() {
+        dev.set_seed(7)?;
+    }
+    let (e, ff) = (hp.n_embd, hp.n_ff);
+    let kv = hp.n_head_kv * hp.head_dim;
+    let shapes = [(e, e), (kv, e), (kv, e), (e, e), (ff, e), (ff, e), (e, ff)];
+    let linears = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, &(o, n))| {
+            let w = (Tensor::randn(0f32, 1.0, (o, n), dev)? / (n as f64).sqrt())?;
+            Ok(TrainLinear::new(
+                &w,
+                &recipe.quant,
+                recipe.lora.as_ref().map(|l| (l, i as u64)),
+            )?)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let norms = BlockNorms {
+        attn_norm: Tensor::ones(e, DType::F32, dev)?,
+        ffn_norm: Tensor::ones(e, DType::F32, dev)?,
+        bias: [None, None, None],
+    };
+    let rope = Rope::new(hp, seqlen, DType::F32, dev)?;
+    let x = Tensor::randn(0f32, 1.0, (1, seqlen, e), dev)?;
+    let t1 = Tensor::randn(0f32, 1.0, (1, seqlen, e), dev)?;
+    let t2 = Tensor::randn(0f32, 1.0, (1, seqlen, e), dev)?;
+    let p = |lr: f64| ParamsAdamW {
+        lr,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let mut opt_lwc = AdamW::new(
+        linears.iter().flat_map(TrainLinear::lwc_vars).collect(),
+        p(recipe.lwc_lr),
+    )?;
+    let mut opt_lora = AdamW::new(
+        linears.iter().flat_map(TrainLinear::lora_vars).collect(),
+        p(recipe.lora_lr),
+    )?;
+    let mut step = || -> Result<()> {
+        let y = forward_train(hp, &rope, &norms, &recipe.quant, &linears, &x)?;
+        let loss = ((&y - &t1)?.sqr()?.mean_all()? + (&y - &t2)?.sqr()?.mean_all()?)?;
+        let grads = loss.backward()?;
+        opt_lwc.step(&grads)?;
+        opt_lora.step(&grads)?;
+        Ok(())
+    };
+    for _ in 0..warmup {
+        step()?;
+    }
+    dev.synchronize()?;
+    let t = Instant::now();
+    for _ in 0..steps {
+        step()?;
+    }
+    dev.synchronize()?;
+    let s = t.elapsed().as_secs_f64() / steps as f64;
+    Ok(StepTiming {
+        ms_per_step: s * 1e3,
+        tokens_per_s: seqlen as f64 / s,
+        steps,
+    })
+}
