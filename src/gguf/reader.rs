@@ -201,6 +201,13 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Checks a whole GGUF file held in memory, as [`GgufFile::open`] does; returns the numbers of
+/// metadata entries and tensors.
+pub fn check_bytes(bytes: &[u8]) -> Result<(usize, usize)> {
+    let p = parse(bytes)?;
+    Ok((p.kv.len(), p.tensors.len()))
+}
+
 fn parse(bytes: &[u8]) -> Result<Parsed> {
     let mut c = Cursor { bytes, pos: 0 };
     let magic = c.u32("magic")?;

@@ -31,32 +31,46 @@ pub struct WeightInfo {
     pub dtype: Dtype,
 }
 
+/// The shard file names of a `model.safetensors.index.json`, sorted and deduplicated; names
+/// that would leave the model directory are refused.
+pub fn shard_names(index_json: &str) -> Result<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_str(index_json).context("not valid JSON")?;
+    let map = v
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| anyhow!("no `weight_map` object"))?;
+    let mut names: Vec<String> = map
+        .values()
+        .filter_map(|f| f.as_str().map(str::to_string))
+        .collect();
+    names.sort();
+    names.dedup();
+    for n in &names {
+        if n.is_empty() || n.contains('/') || n.contains('\\') || n.contains("..") {
+            bail!("shard name `{n}` leaves the model directory");
+        }
+    }
+    Ok(names)
+}
+
+/// Parses and checks a safetensors header against the file's size.
+pub fn read_header(bytes: &[u8]) -> Result<(usize, Metadata)> {
+    SafeTensors::read_metadata(bytes).map_err(|e| match e {
+        // The header's tensors do not end where the file ends: usually a cut download.
+        SafeTensorError::MetadataIncompleteBuffer | SafeTensorError::InvalidHeaderLength => {
+            anyhow!("truncated or padded safetensors file: its header does not match its size")
+        }
+        e => anyhow!("not a valid safetensors file: {e}"),
+    })
+}
+
 impl Weights {
     pub fn open(dir: &Path) -> Result<Weights> {
         let index_path = dir.join("model.safetensors.index.json");
         let files: Vec<PathBuf> = if index_path.exists() {
             let text = std::fs::read_to_string(&index_path)
                 .with_context(|| format!("{}: cannot read", index_path.display()))?;
-            let v: serde_json::Value = serde_json::from_str(&text)
-                .with_context(|| format!("{}: not valid JSON", index_path.display()))?;
-            let map = v
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| anyhow!("{}: no `weight_map` object", index_path.display()))?;
-            let mut names: Vec<String> = map
-                .values()
-                .filter_map(|f| f.as_str().map(str::to_string))
-                .collect();
-            names.sort();
-            names.dedup();
-            for n in &names {
-                if n.contains('/') || n.contains("..") {
-                    bail!(
-                        "{}: shard name `{n}` leaves the model directory",
-                        index_path.display()
-                    );
-                }
-            }
+            let names = shard_names(&text).with_context(|| format!("{}", index_path.display()))?;
             names.into_iter().map(|n| dir.join(n)).collect()
         } else {
             let single = dir.join("model.safetensors");
@@ -73,15 +87,7 @@ impl Weights {
         for path in files {
             let map = MappedFile::open(&path)?;
             let (header_len, meta) =
-                SafeTensors::read_metadata(map.bytes()).map_err(|e| match e {
-                    // The header's tensors do not end where the file ends: usually a cut download.
-                    SafeTensorError::MetadataIncompleteBuffer
-                    | SafeTensorError::InvalidHeaderLength => anyhow!(
-                    "{}: truncated or padded safetensors file: its header does not match its size",
-                    path.display()
-                ),
-                    e => anyhow!("{}: not a valid safetensors file: {e}", path.display()),
-                })?;
+                read_header(map.bytes()).with_context(|| format!("{}", path.display()))?;
             let si = shards.len();
             for name in meta.tensors().keys() {
                 if index.insert(name.clone(), si).is_some() {
