@@ -6,7 +6,7 @@
 //! Only the current block's weights and the activation caches (`[N, L, E]` each: FP chain,
 //! quantized chain, targets) live on the device; the model stays on disk.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -185,9 +185,4 @@ pub fn calibrate(
         adapter: adapter_bytes.map(|b| (adapter_path(&a.out), b)),
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// The state folder a run of `out` keeps while it is unfinished.
-pub fn state_dir(out: &Path) -> PathBuf {
-    crate::apiq::state::dir_for(out)
 }

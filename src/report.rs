@@ -17,10 +17,6 @@ impl Progress {
         }
     }
 
-    pub fn hidden() -> Progress {
-        Progress { enabled: false }
-    }
-
     pub fn bar(&self, len: u64, prefix: &'static str) -> ProgressBar {
         if !self.enabled {
             return ProgressBar::hidden();

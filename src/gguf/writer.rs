@@ -169,15 +169,6 @@ impl GgufWriter {
         })
     }
 
-    pub fn plan(&self) -> &[TensorPlan] {
-        &self.plan
-    }
-
-    /// The next tensor the writer expects, if any.
-    pub fn next_tensor(&self) -> Option<&TensorPlan> {
-        self.plan.get(self.next)
-    }
-
     /// Streams one whole tensor; it must be the next one in the plan, with exactly its size.
     pub fn write_tensor(&mut self, name: &str, data: &[u8]) -> Result<()> {
         self.begin_tensor(name)?;

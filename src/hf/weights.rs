@@ -111,10 +111,6 @@ impl Weights {
         self.index.contains_key(name)
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.index.keys().map(String::as_str)
-    }
-
     pub fn info(&self, name: &str) -> Option<WeightInfo> {
         let shard = &self.shards[*self.index.get(name)?];
         let t = shard.meta.info(name)?;
