@@ -194,9 +194,76 @@ pub fn permute_rows(x: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f
     out
 }
 
+/// The inverse of [`permute_rows`]: GGUF's interleaved rows back to HF's rotate-half layout.
+pub fn unpermute_rows(x: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    assert_eq!(x.len(), rows * cols);
+    assert_eq!(
+        rows % (2 * n_head),
+        0,
+        "rows must split into heads of even size"
+    );
+    let hd = rows / n_head;
+    let mut out = vec![0.0f32; x.len()];
+    for h in 0..n_head {
+        for i in 0..hd / 2 {
+            for j in 0..2 {
+                let hf = h * hd + j * (hd / 2) + i;
+                let gg = h * hd + 2 * i + j;
+                out[hf * cols..(hf + 1) * cols].copy_from_slice(&x[gg * cols..(gg + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+/// GGUF name → HF name (`None` for tensors HF checkpoints do not hold, e.g. rope_freqs).
+pub fn hf_name(gguf: &str) -> Option<String> {
+    for (hf, gg) in [EMBED, OUTPUT_NORM, OUTPUT] {
+        if gguf == gg {
+            return Some(hf.to_string());
+        }
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, suffix) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let t = BLOCK_TENSORS.iter().find(|t| t.gguf == suffix)?;
+    Some(format!("model.layers.{layer}.{}", t.hf))
+}
+
+/// The RoPE permutation of a GGUF tensor, by name.
+pub fn permute_of(gguf: &str) -> Permute {
+    let suffix = gguf
+        .strip_prefix("blk.")
+        .and_then(|r| r.split_once('.'))
+        .map_or("", |(_, s)| s);
+    BLOCK_TENSORS
+        .iter()
+        .find(|t| t.gguf == suffix)
+        .map_or(Permute::None, |t| match t.role {
+            Role::Matrix { permute } | Role::Vector { permute } => permute,
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unpermute_inverts_permute_and_names_map_back() {
+        let x: Vec<f32> = (0..48).map(|v| v as f32).collect();
+        assert_eq!(unpermute_rows(&permute_rows(&x, 24, 2, 3), 24, 2, 3), x);
+        assert_eq!(
+            hf_name("blk.7.attn_q.weight").as_deref(),
+            Some("model.layers.7.self_attn.q_proj.weight")
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").as_deref(),
+            Some("model.embed_tokens.weight")
+        );
+        assert_eq!(hf_name("rope_freqs.weight"), None);
+        assert_eq!(permute_of("blk.0.attn_k.weight"), Permute::K);
+        assert_eq!(permute_of("blk.0.ffn_up.weight"), Permute::None);
+    }
 
     #[test]
     fn permutation_on_two_heads() {

@@ -7,7 +7,9 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 
 use crate::apiq::recipe::{Method, Recipe};
+use crate::export::calibrated::ExportOptions;
 use crate::export::model::OutType;
+use crate::pack::{EmbedType, Format, LoraType};
 use crate::quant::lora::LoraSpec;
 use crate::quant::QuantSpec;
 
@@ -15,8 +17,8 @@ const ABOUT: &str = "ApiQ 2-bit quantization for GGUF / llama.cpp.
 
 Without a subcommand, calibrates MODEL (a Hugging Face directory with config.json, safetensors
 and tokenizer.json, or a .gguf file) with ApiQ and writes OUT.gguf (the base model, calibrated
-linears as F16 values on the learned grid) and OUT.lora.gguf (the LoRA adapter). With --type,
-converts without quantizing instead. Outputs appear only when complete; an interrupted
+linears packed in --format), OUT.lora.gguf (the LoRA adapter) and OUT.Modelfile (for Ollama).
+With --type, converts without quantizing instead. Outputs appear only when complete; an interrupted
 calibration resumes at the next block when the same command is run again.";
 
 #[derive(Parser, Debug)]
@@ -105,6 +107,25 @@ pub struct CalibCli {
     /// Also train an LWC-only copy of every block on the same inputs, for the closing table.
     #[arg(long, help_heading = "Calibration")]
     pub baselines: bool,
+    /// How the calibrated linears are stored [default: apiq2 for 2-bit groups of 64, else q4_1].
+    /// apiq2, q2_0 and q4_1 hold the calibration bit for bit; q2_0 restricts the zero points
+    /// to {1, 2} during calibration; q2_k maps onto Q2_K with the least error (reported).
+    #[arg(long, value_enum, help_heading = "Output")]
+    pub format: Option<Format>,
+    /// Type of the token embeddings and output matrix (auto: what llama-quantize picks for the
+    /// file type).
+    #[arg(long, value_enum, default_value_t = EmbedType::Auto, help_heading = "Output")]
+    pub embed_type: EmbedType,
+    /// Type of the adapter's tensors (q8_0 halves its size; rows not a multiple of 32 stay F16).
+    #[arg(long, value_enum, default_value_t = LoraType::F16, help_heading = "Output")]
+    pub lora_type: LoraType,
+    /// Also write OUT.f16.gguf: the same calibration as F16 values on the learned grid.
+    #[arg(long, help_heading = "Output")]
+    pub f16_twin: bool,
+    /// Also write a Hugging Face PEFT adapter (f32, HF names) and the fake-quant base
+    /// (DIR/base, F16 safetensors + config.json) to continue finetuning in Python.
+    #[arg(long, value_name = "DIR", help_heading = "Output")]
+    pub peft: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -228,6 +249,27 @@ impl TokenizeCli {
 }
 
 impl CalibCli {
+    pub fn format(&self) -> Format {
+        self.format.unwrap_or_else(|| {
+            Format::default_for(&QuantSpec {
+                bits: self.bits,
+                group_size: self.group_size,
+                symmetric: self.symmetric,
+                zero_range: None,
+            })
+        })
+    }
+
+    pub fn export(&self) -> ExportOptions {
+        ExportOptions {
+            format: self.format(),
+            embed: self.embed_type,
+            lora_type: self.lora_type,
+            f16_twin: self.f16_twin,
+            peft: self.peft.clone(),
+        }
+    }
+
     pub fn recipe(&self) -> Result<Recipe> {
         let base = if self.quick {
             Recipe::quick()
@@ -241,13 +283,15 @@ impl CalibCli {
             rank: self.lora_rank,
             alpha: self.lora_alpha,
         });
+        let quant = QuantSpec {
+            bits: self.bits,
+            group_size: self.group_size,
+            symmetric: self.symmetric,
+            zero_range: None,
+        };
         Ok(Recipe {
             method: self.method,
-            quant: QuantSpec {
-                bits: self.bits,
-                group_size: self.group_size,
-                symmetric: self.symmetric,
-            },
+            quant: self.format().constrain(quant),
             lora,
             nsamples: self.nsamples.unwrap_or(base.nsamples),
             seqlen: self.seqlen.unwrap_or(base.seqlen),

@@ -21,6 +21,7 @@ pub mod hf;
 pub mod inspect;
 mod mmap;
 pub mod nn;
+pub mod pack;
 pub mod pipeline;
 pub mod quant;
 pub mod report;

@@ -41,6 +41,7 @@ fn calibrate(
 ) -> Result<()> {
     let args = pipeline::CalibrateArgs {
         recipe: c.recipe()?,
+        export: c.export(),
         calib_files: c.calib.clone(),
         calib_max_bytes: c.calib_max_bytes,
         device: device::parse(&c.device)?,
@@ -50,10 +51,12 @@ fn calibrate(
         out,
     };
     let r = &args.recipe;
+    args.export.format.check(&r.quant)?;
     eprintln!(
-        "calibrating {} with {:?}: {}-bit g{} {}, {}, {} windows x {} tokens, {} epochs, seed {}, {}",
+        "calibrating {} with {} into {}: {}-bit g{} {}, {}, {} windows x {} tokens, {} epochs, seed {}, {}",
         args.model.display(),
-        r.method,
+        clap::ValueEnum::to_possible_value(&r.method).map_or_else(String::new, |v| v.get_name().to_string()),
+        args.export.format.name(),
         r.quant.bits,
         r.quant.group_size,
         if r.quant.symmetric { "symmetric" } else { "asymmetric" },
@@ -95,9 +98,26 @@ fn calibrate(
             b.layer, b.mse_rtn, lwc, b.mse_final
         )?;
     }
-    eprintln!("wrote {} ({})", args.out.display(), mib(s.base_bytes));
-    if let Some((p, b)) = &s.adapter {
+    let w = &s.written;
+    for (p, b) in [Some(&w.base), w.twin.as_ref(), w.adapter.as_ref()]
+        .into_iter()
+        .flatten()
+    {
         eprintln!("wrote {} ({})", p.display(), mib(*b));
+    }
+    eprintln!("wrote {}", w.modelfile.display());
+    if let Some(d) = &w.peft {
+        eprintln!("wrote PEFT adapter and base to {}", d.display());
+    }
+    if w.mapping.n > 0 && w.mapping.sum_sq > 0.0 {
+        eprintln!(
+            "{} added to the calibrated weights: rmse {:.3e}, relative {:.3e}, max {:.3e} over {} values",
+            args.export.format.name(),
+            w.mapping.rmse(),
+            w.mapping.relative(),
+            w.mapping.max_abs,
+            w.mapping.n
+        );
     }
     eprintln!("calibration took {:.1} s", s.seconds);
     Ok(())

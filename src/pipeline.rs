@@ -16,7 +16,7 @@ use crate::apiq::recipe::Recipe;
 use crate::apiq::state::State;
 use crate::apiq::train;
 use crate::calib::{data, load};
-use crate::export::calibrated::{adapter_path, calib_hash, CalibratedWriter};
+use crate::export::calibrated::{calib_hash, CalibratedWriter, ExportOptions, Written};
 use crate::nn::block::Rope;
 use crate::report::Progress;
 use crate::source::ModelSource;
@@ -25,6 +25,7 @@ pub struct CalibrateArgs {
     pub model: PathBuf,
     pub out: PathBuf,
     pub recipe: Recipe,
+    pub export: ExportOptions,
     pub calib_files: Vec<PathBuf>,
     pub calib_max_bytes: Option<usize>,
     pub device: Device,
@@ -48,8 +49,7 @@ pub struct BlockReport {
 
 pub struct Summary {
     pub blocks: Vec<BlockReport>,
-    pub base_bytes: u64,
-    pub adapter: Option<(PathBuf, u64)>,
+    pub written: Written,
     pub seconds: f64,
 }
 
@@ -94,7 +94,7 @@ pub fn calibrate(
     let mut q_in = fp_in.clone();
     let rope = Rope::new(&hp, seqlen, DTYPE, dev)?;
 
-    let mut writer = CalibratedWriter::create(&src, &a.out, r, hp.n_layer, &hash)?;
+    let mut writer = CalibratedWriter::create(&src, &a.out, r, &a.export, hp.n_layer, &hash)?;
     let mut reports = Vec::with_capacity(hp.n_layer);
     for layer in 0..hp.n_layer {
         let t0 = Instant::now();
@@ -177,12 +177,11 @@ pub fn calibrate(
         on_block(&report, hp.n_layer);
         reports.push(report);
     }
-    let (base_bytes, adapter_bytes) = writer.finish()?;
+    let written = writer.finish()?;
     state.remove()?;
     Ok(Summary {
         blocks: reports,
-        base_bytes,
-        adapter: adapter_bytes.map(|b| (adapter_path(&a.out), b)),
+        written,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

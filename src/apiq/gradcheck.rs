@@ -114,6 +114,7 @@ fn quantizer_gradients_match_finite_differences() {
             bits,
             group_size: 16,
             symmetric,
+            zero_range: None,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(u64::from(bits) * 7 + u64::from(symmetric));
         let n_groups = 12;
@@ -185,6 +186,7 @@ fn linear_gradients_match_finite_differences() {
         bits: 2,
         group_size: 8,
         symmetric: false,
+        zero_range: None,
     };
     let lspec = LoraSpec {
         rank: 3,
@@ -288,6 +290,7 @@ fn block_gradients_match_finite_differences() {
         bits: 2,
         group_size: 8,
         symmetric: false,
+        zero_range: None,
     };
     let lspec = LoraSpec {
         rank: 2,

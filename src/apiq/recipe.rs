@@ -50,6 +50,7 @@ impl Default for Recipe {
                 bits: 2,
                 group_size: 64,
                 symmetric: false,
+                zero_range: None,
             },
             lora: Some(LoraSpec {
                 rank: 64,

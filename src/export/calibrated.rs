@@ -1,51 +1,92 @@
-//! Outputs of a calibration, streamed block by block: `OUT` (the base model: calibrated
-//! linears as F16 values on the learned grid, embeddings and output F16, norms F32) and
-//! `OUT.lora.gguf` (the LoRA adapter, F16, for `llama.cpp --lora` and Ollama `ADAPTER`).
+//! Outputs of a calibration, streamed block by block:
+//! - `OUT`: the base model, calibrated linears in the chosen [`Format`], embeddings and output
+//!   after llama.cpp's conventions for that file type, norms F32;
+//! - `OUT.f16.gguf` (optional twin): `OUT` with the calibrated linears as F16 values of the
+//!   learned grid instead (embeddings, output and the rest identical);
+//! - `OUT.lora.gguf`: the LoRA adapter (`llama.cpp --lora`, Ollama `ADAPTER`);
+//! - `OUT.Modelfile`: `FROM` + `ADAPTER` for Ollama;
+//! - optionally a PEFT directory ([`super::peft`]).
+//!
+//! Every file appears only complete, the adapter and twin before `OUT`.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use clap::ValueEnum;
 
-use crate::apiq::qblock::FinalLinear;
+use super::peft::PeftWriter;
+use crate::apiq::qblock::{quantizable, FinalLinear};
 use crate::apiq::recipe::Recipe;
+use crate::atomic::AtomicFile;
 use crate::ggml::convert::encode;
-use crate::ggml::GgmlType;
+use crate::ggml::{stock, GgmlType};
 use crate::gguf::keys;
 use crate::gguf::{GgufWriter, TensorPlan, Value};
 use crate::nn::block::LINEARS;
+use crate::pack::{self, EmbedType, Format, LoraType, MappingError};
 use crate::source::{ModelSource, SourceTensor};
+
+/// How the outputs are written (the calibration itself is the [`Recipe`]).
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    pub format: Format,
+    pub embed: EmbedType,
+    pub lora_type: LoraType,
+    /// Also write `OUT.f16.gguf`, the F16 fake-quant twin of `OUT`.
+    pub f16_twin: bool,
+    /// Also write a PEFT adapter + fake-quant base into this directory.
+    pub peft: Option<PathBuf>,
+}
+
+fn with_suffix(out: &Path, suffix: &str) -> PathBuf {
+    let s = out.to_string_lossy();
+    PathBuf::from(match s.strip_suffix(".gguf") {
+        Some(stem) => format!("{stem}{suffix}"),
+        None => format!("{s}{suffix}"),
+    })
+}
 
 /// `OUT.gguf` → `OUT.lora.gguf` (`OUT` without `.gguf` gets `.lora.gguf` appended).
 pub fn adapter_path(out: &Path) -> PathBuf {
-    let s = out.to_string_lossy();
-    PathBuf::from(match s.strip_suffix(".gguf") {
-        Some(stem) => format!("{stem}.lora.gguf"),
-        None => format!("{s}.lora.gguf"),
-    })
+    with_suffix(out, ".lora.gguf")
+}
+
+/// `OUT.gguf` → `OUT.f16.gguf`.
+pub fn twin_path(out: &Path) -> PathBuf {
+    with_suffix(out, ".f16.gguf")
+}
+
+/// `OUT.gguf` → `OUT.Modelfile`.
+pub fn modelfile_path(out: &Path) -> PathBuf {
+    with_suffix(out, ".Modelfile")
 }
 
 fn block_of(name: &str) -> Option<usize> {
     name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
-fn is_calibrated_linear(name: &str) -> Option<usize> {
+pub fn is_calibrated_linear(name: &str) -> Option<usize> {
     let rest = name.strip_prefix("blk.")?.split_once('.')?.1;
     LINEARS.iter().position(|l| rest == format!("{l}.weight"))
 }
 
-pub struct CalibratedWriter<'a> {
-    src: &'a ModelSource,
-    base: GgufWriter,
-    adapter: Option<GgufWriter>,
-    /// Source tensors of each block, in plan order.
-    blocks: Vec<Vec<SourceTensor>>,
-}
-
-fn apiq_metadata(r: &Recipe, calib_hash: &str) -> Vec<(String, Value)> {
+/// The `apiq.*` provenance keys of every output.
+fn apiq_metadata(
+    r: &Recipe,
+    o: &ExportOptions,
+    format: Format,
+    hash: &str,
+) -> Vec<(String, Value)> {
+    let s = |v: &str| Value::String(v.to_string());
     let mut kv = vec![
+        ("apiq.format".to_string(), s(format.name())),
         (
-            "apiq.method".to_string(),
-            Value::String(format!("{:?}", r.method).to_lowercase()),
+            "apiq.method".into(),
+            s(r.method
+                .to_possible_value()
+                .expect("no skipped values")
+                .get_name()),
         ),
         ("apiq.bits".into(), Value::U32(r.quant.bits)),
         (
@@ -53,37 +94,130 @@ fn apiq_metadata(r: &Recipe, calib_hash: &str) -> Vec<(String, Value)> {
             Value::U32(r.quant.group_size as u32),
         ),
         ("apiq.symmetric".into(), Value::Bool(r.quant.symmetric)),
+        (
+            "apiq.recipe".into(),
+            s(&serde_json::to_string(r).expect("plain data")),
+        ),
         ("apiq.epochs".into(), Value::U32(r.epochs as u32)),
         ("apiq.nsamples".into(), Value::U32(r.nsamples as u32)),
         ("apiq.seqlen".into(), Value::U32(r.seqlen as u32)),
         ("apiq.seed".into(), Value::U64(r.seed)),
-        (
-            "apiq.calibration_hash".into(),
-            Value::String(calib_hash.to_string()),
-        ),
-        (
-            "apiq.tool_version".into(),
-            Value::String(env!("CARGO_PKG_VERSION").to_string()),
-        ),
+        ("apiq.calibration_hash".into(), s(hash)),
+        ("apiq.tool_version".into(), s(env!("CARGO_PKG_VERSION"))),
     ];
+    if let Some((lo, hi)) = r.quant.zero_range {
+        kv.push(("apiq.zero_range".into(), s(&format!("{lo}..={hi}"))));
+    }
     if let Some(l) = &r.lora {
         kv.push(("apiq.lora_rank".into(), Value::U32(l.rank as u32)));
         kv.push(("apiq.lora_alpha".into(), Value::F32(l.alpha as f32)));
+        kv.push(("apiq.lora_type".into(), s(o.lora_type.name())));
     }
     kv
 }
 
+/// One base-model output and the rules for its tensor types.
+struct Base {
+    w: GgufWriter,
+    format: Format,
+    /// Embeddings and output as in a file of this format (the twin copies `OUT`'s, so that the
+    /// two differ only in how the calibrated linears are stored).
+    embed_of: Format,
+    embed: EmbedType,
+}
+
+/// Bytes of a tensor ApiQ does not calibrate, in `ty`: our encoders for the plain types,
+/// ggml's own quantizers (as llama-quantize) for the rest.
+fn encode_plain(ty: GgmlType, x: &[f32], row_len: usize, out: &mut Vec<u8>) -> Result<()> {
+    match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 | GgmlType::Q8_0 => encode(ty, x, out),
+        _ => {
+            out.extend_from_slice(&stock::quantize(ty, x, row_len)?);
+            Ok(())
+        }
+    }
+}
+
+pub struct CalibratedWriter<'a> {
+    src: &'a ModelSource,
+    recipe: Recipe,
+    /// `OUT` first, then the twin.
+    bases: Vec<Base>,
+    adapter: Option<GgufWriter>,
+    peft: Option<PeftWriter>,
+    lora_type: LoraType,
+    /// Source tensors of each block, in plan order.
+    blocks: Vec<Vec<SourceTensor>>,
+    tied: bool,
+    mapping: MappingError,
+    out: PathBuf,
+}
+
+/// What a finished export wrote.
+pub struct Written {
+    /// Paths and byte sizes: `OUT`, the twin, the adapter.
+    pub base: (PathBuf, u64),
+    pub twin: Option<(PathBuf, u64)>,
+    pub adapter: Option<(PathBuf, u64)>,
+    pub modelfile: PathBuf,
+    pub peft: Option<PathBuf>,
+    /// Error the format added to the calibrated weights (Q2_K and its Q4_0 fallback).
+    pub mapping: MappingError,
+}
+
+/// The type of `t` in an output of `format`: calibrated linears in the format's type (F16
+/// where ApiQ could not quantize them), embeddings/output after llama.cpp, vectors F32.
+fn tensor_type(
+    format: Format,
+    embed_of: Format,
+    embed: EmbedType,
+    spec: &crate::quant::QuantSpec,
+    tied: bool,
+    t: &SourceTensor,
+) -> GgmlType {
+    if !t.matrix {
+        return GgmlType::F32;
+    }
+    let row = t.ne[0];
+    if is_calibrated_linear(&t.name).is_some() {
+        return if quantizable(row as usize, spec) {
+            format.linear_type(row)
+        } else {
+            GgmlType::F16
+        };
+    }
+    match t.name.as_str() {
+        "output.weight" => embed_of.embed_type(true, tied, row, embed),
+        "token_embd.weight" => embed_of.embed_type(false, tied, row, embed),
+        _ => GgmlType::F16,
+    }
+}
+
 impl<'a> CalibratedWriter<'a> {
-    /// Plans both files and writes everything that does not depend on calibration.
+    fn tensor_type(&self, b: &Base, t: &SourceTensor) -> GgmlType {
+        tensor_type(
+            b.format,
+            b.embed_of,
+            b.embed,
+            &self.recipe.quant,
+            self.tied,
+            t,
+        )
+    }
+
+    /// Plans every file and writes everything that does not depend on calibration.
     pub fn create(
         src: &'a ModelSource,
         out: &Path,
         r: &Recipe,
+        o: &ExportOptions,
         n_layer: usize,
         calib_hash: &str,
     ) -> Result<Self> {
+        o.format.check(&r.quant)?;
         let arch = src.arch_name()?.to_string();
         let tensors = src.tensors();
+        let tied = !tensors.iter().any(|t| t.name == "output.weight");
         let (globals, in_blocks): (Vec<SourceTensor>, Vec<SourceTensor>) = tensors
             .into_iter()
             .partition(|t| block_of(&t.name).is_none());
@@ -95,136 +229,250 @@ impl<'a> CalibratedWriter<'a> {
                 .with_context(|| format!("tensor `{}` beyond block count {n_layer}", t.name))?
                 .push(t);
         }
-        let ty = |t: &SourceTensor| {
-            if t.matrix {
-                GgmlType::F16
-            } else {
-                GgmlType::F32
-            }
-        };
-        let plan: Vec<TensorPlan> = globals
-            .iter()
-            .chain(blocks.iter().flatten())
-            .map(|t| TensorPlan {
-                name: t.name.clone(),
-                ty: ty(t),
-                ne: t.ne.clone(),
-            })
-            .collect();
-        let mut kv = src.metadata();
-        kv.retain(|(k, _)| !k.starts_with("apiq.") && k != keys::GENERAL_FILE_TYPE);
-        let at = kv
-            .iter()
-            .position(|(k, _)| k == keys::GENERAL_ARCHITECTURE)
-            .map_or(0, |i| i + 1);
-        kv.insert(at, (keys::GENERAL_FILE_TYPE.into(), Value::U32(1)));
-        if !kv.iter().any(|(k, _)| k == keys::GENERAL_QUANTIZED_BY) {
-            kv.push((
-                keys::GENERAL_QUANTIZED_BY.into(),
-                Value::String(format!("apiq2gguf {}", env!("CARGO_PKG_VERSION"))),
-            ));
-        }
-        kv.extend(apiq_metadata(r, calib_hash));
-        let mut base = GgufWriter::create(out, &kv, plan)?;
-        let mut buf = Vec::new();
-        for t in &globals {
-            buf.clear();
-            encode(ty(t), &src.read(t)?, &mut buf)?;
-            base.write_tensor(&t.name, &buf)?;
-        }
-        let adapter = match &r.lora {
-            Some(l) => {
-                let mut plan = Vec::new();
-                for b in &blocks {
-                    for t in b {
-                        if is_calibrated_linear(&t.name).is_some() {
-                            plan.push(TensorPlan {
-                                name: format!("{}.lora_a", t.name),
-                                ty: GgmlType::F16,
-                                ne: vec![t.ne[0], l.rank as u64],
-                            });
-                            plan.push(TensorPlan {
-                                name: format!("{}.lora_b", t.name),
-                                ty: GgmlType::F16,
-                                ne: vec![l.rank as u64, t.ne[1]],
-                            });
-                        }
-                    }
-                }
-                let name = kv
-                    .iter()
-                    .find(|(k, _)| k == keys::GENERAL_NAME)
-                    .map(|(_, v)| v.clone());
-                let mut akv = vec![
-                    (keys::GENERAL_ARCHITECTURE.to_string(), Value::String(arch)),
-                    (keys::GENERAL_TYPE.into(), Value::String("adapter".into())),
-                    ("adapter.type".into(), Value::String("lora".into())),
-                    ("adapter.lora.alpha".into(), Value::F32(l.alpha as f32)),
-                ];
-                if let Some(n) = name {
-                    akv.push((keys::GENERAL_NAME.into(), n));
-                }
-                akv.extend(apiq_metadata(r, calib_hash));
-                Some(GgufWriter::create(&adapter_path(out), &akv, plan)?)
-            }
-            None => None,
-        };
-        Ok(CalibratedWriter {
+        let mut me = CalibratedWriter {
             src,
-            base,
-            adapter,
+            recipe: r.clone(),
+            bases: Vec::new(),
+            adapter: None,
+            peft: None,
+            lora_type: o.lora_type,
             blocks,
-        })
+            tied,
+            mapping: MappingError::default(),
+            out: out.to_path_buf(),
+        };
+        let mut src_kv = src.metadata();
+        src_kv.retain(|(k, _)| !k.starts_with("apiq.") && k != keys::GENERAL_FILE_TYPE);
+        let model_name = src_kv
+            .iter()
+            .find(|(k, _)| k == keys::GENERAL_NAME)
+            .map(|(_, v)| v.clone());
+
+        let mut outputs = vec![(out.to_path_buf(), o.format)];
+        if o.f16_twin && o.format != Format::F16 {
+            outputs.push((twin_path(out), Format::F16));
+        }
+        let (embed_of, embed) = (o.format, o.embed);
+        for (path, format) in outputs {
+            let plan: Vec<TensorPlan> = globals
+                .iter()
+                .chain(me.blocks.iter().flatten())
+                .map(|t| TensorPlan {
+                    name: t.name.clone(),
+                    ty: tensor_type(format, embed_of, embed, &r.quant, tied, t),
+                    ne: t.ne.clone(),
+                })
+                .collect();
+            let mut kv = src_kv.clone();
+            let at = kv
+                .iter()
+                .position(|(k, _)| k == keys::GENERAL_ARCHITECTURE)
+                .map_or(0, |i| i + 1);
+            kv.insert(
+                at,
+                (
+                    keys::GENERAL_FILE_TYPE.into(),
+                    Value::U32(format.file_type()),
+                ),
+            );
+            if format != Format::F16
+                && !kv
+                    .iter()
+                    .any(|(k, _)| k == keys::GENERAL_QUANTIZATION_VERSION)
+            {
+                kv.push((keys::GENERAL_QUANTIZATION_VERSION.into(), Value::U32(2)));
+            }
+            if !kv.iter().any(|(k, _)| k == keys::GENERAL_QUANTIZED_BY) {
+                kv.push((
+                    keys::GENERAL_QUANTIZED_BY.into(),
+                    Value::String(format!("apiq2gguf {}", env!("CARGO_PKG_VERSION"))),
+                ));
+            }
+            kv.extend(apiq_metadata(r, o, format, calib_hash));
+            let mut base = Base {
+                w: GgufWriter::create(&path, &kv, plan)?,
+                format,
+                embed_of,
+                embed,
+            };
+            let mut buf = Vec::new();
+            for t in &globals {
+                buf.clear();
+                let ty = me.tensor_type(&base, t);
+                encode_plain(ty, &src.read(t)?, t.row_len(), &mut buf)
+                    .with_context(|| format!("{}: {ty}", t.name))?;
+                base.w.write_tensor(&t.name, &buf)?;
+            }
+            me.bases.push(base);
+        }
+
+        if let Some(l) = &r.lora {
+            let mut plan = Vec::new();
+            for t in me.blocks.iter().flatten() {
+                if is_calibrated_linear(&t.name).is_some() {
+                    let rank = l.rank as u64;
+                    plan.push(TensorPlan {
+                        name: format!("{}.lora_a", t.name),
+                        ty: o.lora_type.for_row(t.ne[0]),
+                        ne: vec![t.ne[0], rank],
+                    });
+                    plan.push(TensorPlan {
+                        name: format!("{}.lora_b", t.name),
+                        ty: o.lora_type.for_row(rank),
+                        ne: vec![rank, t.ne[1]],
+                    });
+                }
+            }
+            let mut akv = vec![
+                (keys::GENERAL_ARCHITECTURE.to_string(), Value::String(arch)),
+                (keys::GENERAL_TYPE.into(), Value::String("adapter".into())),
+                ("adapter.type".into(), Value::String("lora".into())),
+                ("adapter.lora.alpha".into(), Value::F32(l.alpha as f32)),
+            ];
+            if let Some(n) = &model_name {
+                let name = n.as_str().unwrap_or("model");
+                akv.push((
+                    keys::GENERAL_NAME.into(),
+                    Value::String(format!("{name} ApiQ LoRA")),
+                ));
+                akv.push(("general.base_model.count".into(), Value::U32(1)));
+                akv.push(("general.base_model.0.name".into(), n.clone()));
+            }
+            akv.extend(apiq_metadata(r, o, o.format, calib_hash));
+            me.adapter = Some(GgufWriter::create(&adapter_path(out), &akv, plan)?);
+        }
+        if let Some(dir) = &o.peft {
+            me.peft = Some(PeftWriter::create(src, dir, r, &globals, &me.blocks)?);
+        }
+        Ok(me)
     }
 
     /// Streams block `layer`: its calibrated linears and its other tensors, and its LoRA.
     pub fn write_block(&mut self, layer: usize, linears: &[FinalLinear]) -> Result<()> {
         let mut buf = Vec::new();
-        for t in &self.blocks[layer] {
-            buf.clear();
-            match is_calibrated_linear(&t.name) {
-                Some(i) => match &linears[i].q {
-                    Some(q) => encode(GgmlType::F16, &q.weight, &mut buf)?,
-                    None => encode(GgmlType::F16, &self.src.read(t)?, &mut buf)?,
-                },
-                None => encode(
-                    if t.matrix {
-                        GgmlType::F16
-                    } else {
-                        GgmlType::F32
-                    },
-                    &self.src.read(t)?,
-                    &mut buf,
-                )?,
-            }
-            self.base.write_tensor(&t.name, &buf)?;
-            if let (Some(a), Some(i)) = (self.adapter.as_mut(), is_calibrated_linear(&t.name)) {
-                let (la, lb, _) = linears[i]
-                    .lora
-                    .as_ref()
-                    .context("calibrated linear without LoRA")?;
-                for (suffix, m) in [("lora_a", la), ("lora_b", lb)] {
-                    buf.clear();
-                    let v: Vec<f32> = m
-                        .to_dtype(candle_core::DType::F32)?
-                        .flatten_all()?
-                        .to_vec1()?;
-                    encode(GgmlType::F16, &v, &mut buf)?;
-                    a.write_tensor(&format!("{}.{suffix}", t.name), &buf)?;
+        let group = self.recipe.quant.group_size;
+        for ti in 0..self.blocks[layer].len() {
+            let t = &self.blocks[layer][ti];
+            let lin = is_calibrated_linear(&t.name);
+            let plain = match lin.map(|i| &linears[i].q) {
+                Some(Some(_)) => None,
+                _ => Some(self.src.read(t)?),
+            };
+            for bi in 0..self.bases.len() {
+                let ty = self.tensor_type(&self.bases[bi], t);
+                buf.clear();
+                match (lin.map(|i| &linears[i].q), &plain) {
+                    (Some(Some(q)), _) => {
+                        let e = pack::encode_linear(ty, q, group, &mut buf)
+                            .with_context(|| format!("{}: {ty}", t.name))?;
+                        if bi == 0 {
+                            self.mapping.add(&e);
+                        }
+                    }
+                    (_, Some(x)) => encode_plain(ty, x, t.row_len(), &mut buf)
+                        .with_context(|| format!("{}: {ty}", t.name))?,
+                    (_, None) => unreachable!("plain data read when not calibrated"),
                 }
+                self.bases[bi].w.write_tensor(&t.name, &buf)?;
+            }
+            if let Some(p) = self.peft.as_mut() {
+                match (lin.map(|i| &linears[i].q), &plain) {
+                    (Some(Some(q)), _) => p.write_base(t, &q.weight)?,
+                    (_, Some(x)) => p.write_base(t, x)?,
+                    (_, None) => unreachable!("plain data read when not calibrated"),
+                }
+            }
+            let Some(i) = lin else { continue };
+            let Some((la, lb, _)) = linears[i].lora.as_ref() else {
+                continue;
+            };
+            let a: Vec<f32> = la
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?;
+            let b: Vec<f32> = lb
+                .to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?;
+            if let Some(w) = self.adapter.as_mut() {
+                let rank = a.len() / t.ne[0] as usize;
+                for (suffix, m, row) in [("lora_a", &a, t.ne[0]), ("lora_b", &b, rank as u64)] {
+                    buf.clear();
+                    encode(self.lora_type.for_row(row), m, &mut buf)?;
+                    w.write_tensor(&format!("{}.{suffix}", t.name), &buf)?;
+                }
+            }
+            if let Some(p) = self.peft.as_mut() {
+                p.write_lora(t, &a, &b)?;
             }
         }
         Ok(())
     }
 
-    /// Makes both files appear, the adapter first: an `OUT` never lacks its adapter.
-    pub fn finish(self) -> Result<(u64, Option<u64>)> {
+    /// Makes the files appear: adapter, twin and PEFT first, `OUT` and its Modelfile last, so
+    /// an `OUT` never lacks its companions.
+    pub fn finish(self) -> Result<Written> {
         let adapter = match self.adapter {
-            Some(a) => Some(a.finish()?),
+            Some(a) => Some((adapter_path(&self.out), a.finish()?)),
             None => None,
         };
-        Ok((self.base.finish()?, adapter))
+        let peft = match self.peft {
+            Some(p) => Some(p.finish()?),
+            None => None,
+        };
+        let mut bases = self.bases.into_iter();
+        let main = bases.next().expect("OUT is always planned");
+        let twin = match bases.next() {
+            Some(t) => Some((twin_path(&self.out), t.w.finish()?)),
+            None => None,
+        };
+        let base = (self.out.clone(), main.w.finish()?);
+        let modelfile = modelfile_path(&self.out);
+        write_modelfile(
+            &modelfile,
+            &self.out,
+            adapter.as_ref().map(|a| a.0.as_path()),
+            main.format,
+        )?;
+        Ok(Written {
+            base,
+            twin,
+            adapter,
+            modelfile,
+            peft,
+            mapping: self.mapping,
+        })
     }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Ollama's Modelfile beside the outputs (paths relative to the Modelfile).
+fn write_modelfile(path: &Path, base: &Path, adapter: Option<&Path>, f: Format) -> Result<()> {
+    let mut file = AtomicFile::create(path)?;
+    let note = match f {
+        Format::Apiq2 => "# APIQ2 needs a runtime with the APIQ2 type (see vendor/); stock Ollama cannot load it.\n",
+        Format::Q2_0 => "# Q2_0 loads in llama.cpp but not in Ollama's GGUF reader (up to at least v0.33); use --format q2_k for Ollama.\n",
+        _ => "",
+    };
+    let mut text = format!(
+        "# Ollama: ollama create NAME -f {}\n{note}FROM ./{}\n",
+        file_name(path),
+        file_name(base)
+    );
+    if let Some(a) = adapter {
+        text.push_str(&format!(
+            "# Creating models with an ADAPTER needs Ollama before 0.34.1.\nADAPTER ./{}\n",
+            file_name(a)
+        ));
+    }
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    file.commit()
 }
 
 /// FNV-1a 64 of the calibration token ids: identifies the calibration data in the metadata.

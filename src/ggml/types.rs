@@ -1,5 +1,5 @@
 //! The ggml type table: every stock id of the pinned ggml (0..=42) with its block size and
-//! bytes per block, plus room for our own id. Sizes are those of `type_traits` in
+//! bytes per block, plus our own APIQ2 (id 160, see vendor/README.md). Sizes are those of `type_traits` in
 //! `ggml/src/ggml.c` (`blck_size`, `type_size`) of llama.cpp as vendored by llama-cpp-sys-2 0.1.161.
 
 use std::fmt;
@@ -61,6 +61,7 @@ types! {
     NVFP4 = 40, "NVFP4", 64, 36;
     Q1_0 = 41, "Q1_0", 128, 18;
     Q2_0 = 42, "Q2_0", 64, 18;
+    APIQ2 = 160, "APIQ2", 64, 20;
 }
 
 impl GgmlType {
@@ -108,6 +109,7 @@ mod tests {
         assert_eq!(GgmlType::from_id(4), None);
         assert_eq!(GgmlType::from_id(42), Some(GgmlType::Q2_0));
         assert_eq!(GgmlType::from_id(43), None);
+        assert_eq!(GgmlType::from_id(160), Some(GgmlType::APIQ2));
     }
 
     #[test]

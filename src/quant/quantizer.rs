@@ -27,6 +27,9 @@ pub struct QuantSpec {
     pub bits: u32,
     pub group_size: usize,
     pub symmetric: bool,
+    /// Asymmetric zero points clamped to this inclusive range (Q2_0's grid needs z ∈ {1, 2}).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zero_range: Option<(u32, u32)>,
 }
 
 impl QuantSpec {
@@ -113,6 +116,10 @@ pub fn scale_zero(
     } else {
         let s = clamp_inclusive(&((xmax - &xmin)? / spec.qmax())?, S_MIN, S_MAX)?;
         let z = round_ties_even(&xmin.neg()?.div(&s)?.clamp(-Z_LIM, Z_LIM)?)?;
+        let z = match spec.zero_range {
+            Some((lo, hi)) => z.clamp(f64::from(lo), f64::from(hi))?,
+            None => z,
+        };
         Ok((s, z))
     }
 }
@@ -202,12 +209,14 @@ fn quantize_with_clip(
             (f16_round(s), spec.sym_zero() as f32)
         } else {
             let s = f16_round(((hi - lo) / qmax).clamp(S_MIN as f32, S_MAX as f32));
-            (
-                s,
-                (-lo / s)
-                    .clamp(-Z_LIM as f32, Z_LIM as f32)
-                    .round_ties_even(),
-            )
+            let z = (-lo / s)
+                .clamp(-Z_LIM as f32, Z_LIM as f32)
+                .round_ties_even();
+            let z = match spec.zero_range {
+                Some((zlo, zhi)) => z.clamp(zlo as f32, zhi as f32),
+                None => z,
+            };
+            (s, z)
         };
         let m = f16_round(-s * z);
         out.d.push(half::f16::from_f32(s).to_bits());
@@ -235,6 +244,7 @@ mod tests {
             bits,
             group_size: 8,
             symmetric,
+            zero_range: None,
         };
         let w = Tensor::new(&X, &dev).unwrap().reshape((1, 8)).unwrap();
         let gw = GroupedWeight::new(&w, 8).unwrap();
@@ -281,6 +291,7 @@ mod tests {
             bits: 2,
             group_size: 8,
             symmetric: false,
+            zero_range: None,
         };
         let w = Tensor::new(&X.map(|v| v as f32), &dev)
             .unwrap()

@@ -92,7 +92,7 @@ fn lora_of(out: &Path) -> PathBuf {
 fn apiq_beats_lwc_only_and_rtn_block_by_block_and_in_perplexity() {
     let d = tempdir();
     let out = d.path().join("apiq.gguf");
-    let table = calibrate(&out, &["--baselines"]);
+    let table = calibrate(&out, &["--baselines", "--format", "f16"]);
     // block  mse_rtn  mse_lwc  mse_apiqbw
     let rows: Vec<Vec<f64>> = table
         .lines()
@@ -115,7 +115,7 @@ fn apiq_beats_lwc_only_and_rtn_block_by_block_and_in_perplexity() {
         );
     }
     let rtn = d.path().join("rtn.gguf");
-    calibrate(&rtn, &["--method", "rtn"]);
+    calibrate(&rtn, &["--method", "rtn", "--format", "f16"]);
     assert!(!lora_of(&rtn).exists(), "RTN has no adapter");
     let (p_rtn, p_apiq) = (ppl(&rtn, None), ppl(&out, Some(&lora_of(&out))));
     assert!(p_apiq < p_rtn, "ApiQ+LoRA PPL {p_apiq} vs RTN {p_rtn}");

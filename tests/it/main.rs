@@ -4,5 +4,7 @@
 mod calibrate;
 mod common;
 mod convert_golden;
+mod crash;
 mod errors;
+mod pack;
 mod smollm2;

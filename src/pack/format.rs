@@ -1,0 +1,223 @@
+//! Output formats of a calibration and the tensor types each one writes: the calibrated
+//! linears in the format's type, the rest after llama.cpp's conventions (`llama-quantize`'s
+//! `llama_tensor_get_type` and `tensor_type_fallback` for the same file type).
+
+use anyhow::{bail, Result};
+use clap::ValueEnum;
+use serde::Serialize;
+
+use crate::ggml::GgmlType;
+use crate::quant::QuantSpec;
+
+/// How the calibrated linears are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum Format {
+    /// APIQ2 (2.5 bpw): exactly what ApiQ learned; runs in the patched runtime (vendor/).
+    Apiq2,
+    /// Q2_0 (2.25 bpw), stock llama.cpp: calibrates with the zero point restricted to {1, 2}.
+    #[value(name = "q2_0")]
+    Q2_0,
+    /// Q4_1 (5 bpw), stock everywhere: exact for any bits ≤ 4 (made for 4-bit, group 32).
+    #[value(name = "q4_1")]
+    Q4_1,
+    /// Q2_K (2.625 bpw), stock and Ollama: the learned grid mapped with the least error; rows
+    /// not a multiple of 256 fall back to Q4_0 as llama-quantize does.
+    #[value(name = "q2_k")]
+    Q2K,
+    /// F16 values on the learned grid (fake-quant): any runtime, and for checking the others.
+    F16,
+}
+
+/// Type of the token embeddings and the output matrix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum EmbedType {
+    /// llama.cpp's choice for the file type (e.g. Q6_K or Q8_0 output, Q4_K embeddings).
+    Auto,
+    F16,
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+/// Type of the adapter's lora_a and lora_b.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+pub enum LoraType {
+    F16,
+    /// Q8_0 where the row is a multiple of 32 (lora_b rows have `rank` values), else F16.
+    #[value(name = "q8_0")]
+    Q8_0,
+}
+
+impl LoraType {
+    pub fn for_row(self, row_len: u64) -> GgmlType {
+        match self {
+            LoraType::Q8_0 if row_len.is_multiple_of(32) => GgmlType::Q8_0,
+            _ => GgmlType::F16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            LoraType::F16 => "f16",
+            LoraType::Q8_0 => "q8_0",
+        }
+    }
+}
+
+/// `llama_ftype` of our own type (ggml type id 160, see vendor/README.md).
+pub const FTYPE_MOSTLY_APIQ2: u32 = 160;
+
+impl Format {
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Apiq2 => "apiq2",
+            Format::Q2_0 => "q2_0",
+            Format::Q4_1 => "q4_1",
+            Format::Q2K => "q2_k",
+            Format::F16 => "f16",
+        }
+    }
+
+    /// The format a calibration writes when `--format` is not given.
+    pub fn default_for(spec: &QuantSpec) -> Format {
+        if spec.bits == 2 && spec.group_size == 64 {
+            Format::Apiq2
+        } else {
+            Format::Q4_1
+        }
+    }
+
+    /// The main type of the calibrated linears.
+    pub fn ggml_type(self) -> GgmlType {
+        match self {
+            Format::Apiq2 => GgmlType::APIQ2,
+            Format::Q2_0 => GgmlType::Q2_0,
+            Format::Q4_1 => GgmlType::Q4_1,
+            Format::Q2K => GgmlType::Q2_K,
+            Format::F16 => GgmlType::F16,
+        }
+    }
+
+    /// `general.file_type` (`llama_ftype`).
+    pub fn file_type(self) -> u32 {
+        match self {
+            Format::Apiq2 => FTYPE_MOSTLY_APIQ2,
+            Format::Q2_0 => 41,
+            Format::Q4_1 => 3,
+            Format::Q2K => 10,
+            Format::F16 => 1,
+        }
+    }
+
+    /// Refuses quantizer settings the format cannot hold exactly.
+    pub fn check(self, spec: &QuantSpec) -> Result<()> {
+        let (bits, g) = (spec.bits, spec.group_size);
+        match self {
+            Format::Apiq2 | Format::Q2_0 if bits != 2 || g != 64 => bail!(
+                "--format {} holds 2-bit weights in groups of 64, not {bits}-bit in groups of {g} \
+                 (q4_1 holds any bits up to 4 and groups of 32/64/128; f16 holds anything)",
+                self.name()
+            ),
+            Format::Q2K if bits != 2 => {
+                bail!("--format q2_k holds 2-bit weights, not {bits}-bit (q4_1 holds up to 4 bits)")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The quantizer as the format needs it: Q2_0's grid `(q − 1)·d` only reaches asymmetric
+    /// zero points 1 and 2 (through the sign of `d`), so calibration must stay within them.
+    pub fn constrain(self, spec: QuantSpec) -> QuantSpec {
+        match self {
+            Format::Q2_0 if !spec.symmetric => QuantSpec {
+                zero_range: Some((1, 2)),
+                ..spec
+            },
+            _ => spec,
+        }
+    }
+
+    /// Type of a calibrated linear whose rows hold `row_len` values.
+    pub fn linear_type(self, row_len: u64) -> GgmlType {
+        fallback(self.ggml_type(), row_len)
+    }
+
+    /// Type of `token_embd.weight` / `output.weight` (`tied`: the embeddings also serve as the
+    /// output, which llama.cpp then quantizes like the output).
+    pub fn embed_type(self, is_output: bool, tied: bool, row_len: u64, opt: EmbedType) -> GgmlType {
+        let ty = match opt {
+            EmbedType::F16 => GgmlType::F16,
+            EmbedType::Q8_0 => GgmlType::Q8_0,
+            EmbedType::Auto if self == Format::F16 => GgmlType::F16,
+            EmbedType::Auto if is_output || tied => {
+                if row_len.is_multiple_of(self.ggml_type().block_size as u64) {
+                    GgmlType::Q6_K
+                } else {
+                    GgmlType::Q8_0
+                }
+            }
+            EmbedType::Auto => match self {
+                Format::Apiq2 | Format::Q2_0 => GgmlType::Q4_K,
+                other => other.ggml_type(),
+            },
+        };
+        fallback(ty, row_len)
+    }
+}
+
+/// llama-quantize's `tensor_type_fallback`: a type whose blocks do not divide the row.
+fn fallback(ty: GgmlType, row_len: u64) -> GgmlType {
+    if row_len.is_multiple_of(ty.block_size as u64) {
+        return ty;
+    }
+    let next = match ty {
+        GgmlType::Q2_0 | GgmlType::Q2_K | GgmlType::APIQ2 => GgmlType::Q4_0,
+        GgmlType::Q4_K => GgmlType::Q5_0,
+        GgmlType::Q5_K => GgmlType::Q5_1,
+        GgmlType::Q6_K => GgmlType::Q8_0,
+        _ => GgmlType::F16,
+    };
+    if row_len.is_multiple_of(next.block_size as u64) {
+        next
+    } else {
+        GgmlType::F16
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn smollm2_shapes_follow_llama_quantize() {
+        // SmolLM2-135M: hidden 576 (not a multiple of 256), ffn 1536, tied embeddings.
+        assert_eq!(Format::Q2K.linear_type(576), GgmlType::Q4_0);
+        assert_eq!(Format::Q2K.linear_type(1536), GgmlType::Q2_K);
+        assert_eq!(Format::Q2_0.linear_type(576), GgmlType::Q2_0);
+        for f in [Format::Apiq2, Format::Q2_0, Format::Q4_1, Format::Q2K] {
+            assert_eq!(
+                f.embed_type(false, true, 576, EmbedType::Auto),
+                GgmlType::Q8_0
+            );
+        }
+        assert_eq!(
+            Format::Q2_0.embed_type(false, false, 4096, EmbedType::Auto),
+            GgmlType::Q4_K
+        );
+        assert_eq!(
+            Format::Q2_0.embed_type(true, false, 4096, EmbedType::Auto),
+            GgmlType::Q6_K
+        );
+        assert_eq!(
+            Format::Q2K.embed_type(false, false, 576, EmbedType::Auto),
+            GgmlType::Q4_0
+        );
+        assert_eq!(
+            Format::F16.embed_type(true, false, 4096, EmbedType::Auto),
+            GgmlType::F16
+        );
+        assert_eq!(
+            Format::Q2_0.embed_type(true, false, 48, EmbedType::Q8_0),
+            GgmlType::F16
+        );
+    }
+}
