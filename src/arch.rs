@@ -170,50 +170,46 @@ pub const OUTPUT_NORM: (&str, &str) = ("model.norm.weight", "output_norm.weight"
 pub const OUTPUT: (&str, &str) = ("lm_head.weight", "output.weight");
 pub const ROPE_FREQS: &str = "rope_freqs.weight";
 
-/// The RoPE row permutation from HF's rotate-half layout to GGUF's interleaved one:
-/// `new_row[h*hd + 2i + j] = old_row[h*hd + j*hd/2 + i]` (gguf-py `LlamaModel.permute`).
-/// `x` holds `rows` rows of `cols` values each (cols = 1 for a bias).
-pub fn permute_rows(x: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
-    assert_eq!(x.len(), rows * cols);
+/// Row pairs `(hf, gguf)` of the RoPE permutation between HF's rotate-half layout and GGUF's
+/// interleaved one: `gguf_row[h*hd + 2i + j] = hf_row[h*hd + j*hd/2 + i]`
+/// (gguf-py `LlamaModel.permute`).
+fn rope_row_pairs(rows: usize, n_head: usize) -> impl Iterator<Item = (usize, usize)> {
     assert_eq!(
         rows % (2 * n_head),
         0,
         "rows must split into heads of even size"
     );
     let hd = rows / n_head;
+    (0..n_head).flat_map(move |h| {
+        (0..hd / 2)
+            .flat_map(move |i| (0..2).map(move |j| (h * hd + j * (hd / 2) + i, h * hd + 2 * i + j)))
+    })
+}
+
+/// Copies row `from` of `x` to row `to` of `out` for every pair.
+fn move_rows(x: &[f32], cols: usize, pairs: impl Iterator<Item = (usize, usize)>) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
-    for h in 0..n_head {
-        for i in 0..hd / 2 {
-            for j in 0..2 {
-                let src = h * hd + j * (hd / 2) + i;
-                let dst = h * hd + 2 * i + j;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&x[src * cols..(src + 1) * cols]);
-            }
-        }
+    for (from, to) in pairs {
+        out[to * cols..(to + 1) * cols].copy_from_slice(&x[from * cols..(from + 1) * cols]);
     }
     out
+}
+
+/// HF's rotate-half rows to GGUF's interleaved ones. `x` holds `rows` rows of `cols` values
+/// each (cols = 1 for a bias).
+pub fn permute_rows(x: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
+    assert_eq!(x.len(), rows * cols);
+    move_rows(x, cols, rope_row_pairs(rows, n_head))
 }
 
 /// The inverse of [`permute_rows`]: GGUF's interleaved rows back to HF's rotate-half layout.
 pub fn unpermute_rows(x: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<f32> {
     assert_eq!(x.len(), rows * cols);
-    assert_eq!(
-        rows % (2 * n_head),
-        0,
-        "rows must split into heads of even size"
-    );
-    let hd = rows / n_head;
-    let mut out = vec![0.0f32; x.len()];
-    for h in 0..n_head {
-        for i in 0..hd / 2 {
-            for j in 0..2 {
-                let hf = h * hd + j * (hd / 2) + i;
-                let gg = h * hd + 2 * i + j;
-                out[hf * cols..(hf + 1) * cols].copy_from_slice(&x[gg * cols..(gg + 1) * cols]);
-            }
-        }
-    }
-    out
+    move_rows(
+        x,
+        cols,
+        rope_row_pairs(rows, n_head).map(|(hf, gg)| (gg, hf)),
+    )
 }
 
 /// GGUF name → HF name (`None` for tensors HF checkpoints do not hold, e.g. rope_freqs).

@@ -34,7 +34,7 @@ pub fn encode_linear(
         }
         GgmlType::Q4_0 => {
             let raw = blocks::encode_q4_0(q, group)?;
-            err = measure(&blocks::decode_q4_0(&raw)?, &q.weight);
+            err = MappingError::measure(&blocks::decode_q4_0(&raw)?, &q.weight);
             raw
         }
         other => {
@@ -45,20 +45,6 @@ pub fn encode_linear(
     };
     out.extend_from_slice(&raw);
     Ok(err)
-}
-
-fn measure(got: &[f32], want: &[f32]) -> MappingError {
-    let mut e = MappingError {
-        n: want.len(),
-        ..MappingError::default()
-    };
-    for (a, b) in got.iter().zip(want) {
-        let d = f64::from(a - b);
-        e.sum_sq += d * d;
-        e.max_abs = e.max_abs.max(d.abs());
-        e.sum_sq_ref += f64::from(*b) * f64::from(*b);
-    }
-    e
 }
 
 /// Decodes bytes of any type this tool writes for calibrated linears (the Rust reference).

@@ -27,6 +27,21 @@ pub struct MappingError {
 }
 
 impl MappingError {
+    /// The error of `got` against the calibrated weights `want`.
+    pub fn measure(got: &[f32], want: &[f32]) -> MappingError {
+        let mut e = MappingError {
+            n: want.len(),
+            ..MappingError::default()
+        };
+        for (a, b) in got.iter().zip(want) {
+            let d = f64::from(a - b);
+            e.sum_sq += d * d;
+            e.max_abs = e.max_abs.max(d.abs());
+            e.sum_sq_ref += f64::from(*b) * f64::from(*b);
+        }
+        e
+    }
+
     pub fn add(&mut self, o: &MappingError) {
         self.sum_sq += o.sum_sq;
         self.sum_sq_ref += o.sum_sq_ref;
@@ -120,7 +135,6 @@ pub fn encode_q2_k(q: &Quantized, group: usize) -> Result<(Vec<u8>, MappingError
         "Q2_K sub-blocks of 16 cannot hold groups of {group}"
     );
     let mut out = Vec::with_capacity(q.weight.len() / QK_K * BLOCK_BYTES);
-    let mut stats = MappingError::default();
     let mut codes = [0u8; QK_K];
     let mut best_codes = [0u8; QK_K];
     for (sb, y) in q.weight.chunks_exact(QK_K).enumerate() {
@@ -151,15 +165,8 @@ pub fn encode_q2_k(q: &Quantized, group: usize) -> Result<(Vec<u8>, MappingError
         out.extend_from_slice(&qs);
         out.extend_from_slice(&f16::from_f32(d).to_bits().to_le_bytes());
         out.extend_from_slice(&f16::from_f32(dmin).to_bits().to_le_bytes());
-        let back = decode_block(out.last_chunk::<BLOCK_BYTES>().expect("just written"));
-        for (a, &b) in back.iter().zip(y) {
-            let e = f64::from(a - b);
-            stats.sum_sq += e * e;
-            stats.max_abs = stats.max_abs.max(e.abs());
-            stats.sum_sq_ref += f64::from(b) * f64::from(b);
-        }
-        stats.n += QK_K;
     }
+    let stats = MappingError::measure(&decode_q2_k(&out)?, &q.weight);
     Ok((out, stats))
 }
 
