@@ -2,7 +2,7 @@
 # Size and perplexity of every output format on one model (not a test). Calibrates MODEL once
 # per format with the given recipe flags (default --quick) and the F16 fake-quant twin, then
 # prints bytes and bits per weight of base and adapter, and WT2-512x40 perplexity (with the
-# adapter) of each file stock llama.cpp runs beside its twin's:
+# adapter; APIQ2 through our patched runtime) of each file beside its twin's:
 #   scripts/pack-table.sh MODEL WORK_DIR [RECIPE FLAGS…]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,7 +39,7 @@ for r in "${runs[@]}"; do
   n=$(weights "$out")
   bpw_base=$(awk -v b="$base" -v n="$n" 'BEGIN {printf "%.3f", b * 8 / n}')
   bpw_all=$(awk -v b="$base" -v l="$lora" -v n="$n" 'BEGIN {printf "%.3f", (b + l) * 8 / n}')
-  if [ "$name" = apiq2 ]; then p=-; else p=$(ppl "$work/$name.ppl" "$out" --lora "${out%.gguf}.lora.gguf"); fi
+  p=$(ppl "$work/$name.ppl" "$out" --lora "${out%.gguf}.lora.gguf")
   twin=${out%.gguf}.f16.gguf; [ -f "$twin" ] || twin=$out
   t=$(ppl "$work/$name.twin.ppl" "$twin" --lora "${out%.gguf}.lora.gguf")
   added=$(grep -o 'relative [0-9.e+-]*' "$work/$name.log" || true)
@@ -52,7 +52,8 @@ a=$work/apiq2
 lq=$(stat -c %s "$a.lora.q8_0.gguf")
 n=$(weights "$a.gguf")
 rows+=("$(printf '%-16s %10s %7s %10s %9s %10s %10s %s' "apiq2+lora-q8_0" "$(stat -c %s "$a.gguf")" - "$lq" \
-  "$(awk -v b="$(stat -c %s "$a.gguf")" -v l="$lq" -v n="$n" 'BEGIN {printf "%.3f", (b + l) * 8 / n}')" - \
+  "$(awk -v b="$(stat -c %s "$a.gguf")" -v l="$lq" -v n="$n" 'BEGIN {printf "%.3f", (b + l) * 8 / n}')" \
+  "$(ppl "$a.q8lora.ppl" "$a.gguf" --lora "$a.lora.q8_0.gguf")" \
   "$(ppl "$a.q8lora.twin.ppl" "$a.f16.gguf" --lora "$a.lora.q8_0.gguf")" "adapter Q8_0")")
 printf '%-16s %10s %7s %10s %9s %10s %10s %s\n' format base_B bpw lora_B bpw+lora ppl+lora twin+lora added_error
 printf '%s\n' "${rows[@]}"

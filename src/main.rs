@@ -44,7 +44,7 @@ fn calibrate(
         export: c.export(),
         calib_files: c.calib.clone(),
         calib_max_bytes: c.calib_max_bytes,
-        device: device::parse(&c.device)?,
+        device: device::parse(&c.device, c.cuda_matmul)?,
         baselines: c.baselines,
         tokenizer_pre,
         model,
@@ -196,9 +196,39 @@ fn run(cli: Cli) -> Result<()> {
                 writeln!(out, "generated ids: {}", join(&g.ids))?;
             }
         }
+        Some(Command::Bench(a)) => {
+            let rt = Runtime::init(cli.verbose)?;
+            let threads = runtime::threads(a.threads);
+            let r = runtime::bench::run(
+                &rt,
+                &runtime::bench::BenchArgs {
+                    model: a.model,
+                    lora: a.lora,
+                    threads,
+                    n_prompt: a.n_prompt,
+                    n_gen: a.n_gen,
+                    reps: a.reps as usize,
+                },
+            )?;
+            writeln!(out, "system_info: {}", Runtime::system_info())?;
+            writeln!(out, "| model | size | params | threads | test | t/s |")?;
+            writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
+            for row in &r.rows {
+                writeln!(
+                    out,
+                    "| {} | {:.2} MiB | {:.2} M | {threads} | {} | {:.2} ± {:.2} |",
+                    r.description,
+                    r.size_bytes as f64 / (1024.0 * 1024.0),
+                    r.n_params as f64 / 1e6,
+                    row.test,
+                    row.mean,
+                    row.sd
+                )?;
+            }
+        }
         Some(Command::BenchStep(a)) => {
             let hp = apiq2gguf::bench::shape(&a.shape)?;
-            let dev = device::parse(&a.device)?;
+            let dev = device::parse(&a.device, a.cuda_matmul)?;
             let r = apiq2gguf::apiq::recipe::Recipe::default();
             let t = apiq2gguf::bench::train_step(&hp, a.seqlen, &r, &dev, a.warmup, a.steps)?;
             writeln!(

@@ -1,5 +1,6 @@
 //! Running GGUF files with llama.cpp (the pinned llama-cpp-2 / llama-cpp-sys-2), on the CPU.
 
+pub mod bench;
 pub mod generate;
 pub mod perplexity;
 

@@ -103,7 +103,8 @@ fn ppl_with_lora(model: &Path, lora: &Path) -> f64 {
 
 /// The packed file and its twin differ only in the calibrated linears, which hold the same
 /// values; what remains is the runtime rounding activations for the packed dot products (Q8_0
-/// for Q2_0, Q8_1 for Q4_1) where the F16 twin rounds them to F16.
+/// for Q2_0, Q8_1 for Q4_1, int16 for APIQ2's repacked kernels) where the F16 twin rounds them
+/// to F16.
 fn assert_runs_like_twin(out: &Path, tolerance: f64) {
     let lora = sibling(out, ".lora.gguf");
     let (p, t) = (
@@ -256,6 +257,30 @@ fn apiq2_holds_the_calibration_bit_for_bit_and_q8_0_adapters_load() {
     assert_eq!(a.get_str("apiq.lora_type"), Some("q8_0"));
     let p = ppl_with_lora(&sibling(&out, ".f16.gguf"), &sibling(&out, ".lora.gguf"));
     assert!(p.is_finite() && p < 200.0, "PPL {p}");
+    // Our runtime (llama.cpp patched with vendor/) runs the APIQ2 file like its twin.
+    assert_runs_like_twin(&out, 0.002);
+    // `bench` runs it too, on a build with the SIMD the machine has.
+    let bench = run_ok(&[
+        "bench".as_ref(),
+        out.as_os_str(),
+        "-p".as_ref(),
+        "32".as_ref(),
+        "-n".as_ref(),
+        "8".as_ref(),
+        "-r".as_ref(),
+        "1".as_ref(),
+    ]);
+    assert!(
+        bench.contains("| pp32 |") && bench.contains("| tg8 |"),
+        "{bench}"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        assert!(
+            bench.contains("AVX2 = 1"),
+            "ggml built without AVX2: {bench}"
+        );
+    }
 }
 
 #[test]

@@ -1,0 +1,172 @@
+//! Builds the llama.cpp runtime with the APIQ2 type.
+//!
+//! llama-cpp-sys-2 always compiles its own, unpatched copy of llama.cpp, and cargo offers no way
+//! to change the sources of a registry crate. So this script takes that same pinned source
+//! (found through the CMake cache of llama-cpp-sys-2's build, whose `links = "llama"` makes
+//! cargo run it first), copies it into OUT_DIR, applies `vendor/llama.cpp.patch` and adds
+//! `vendor/ggml-apiq2/`, and builds it with the options llama-cpp-sys-2 uses. The patched
+//! libraries are linked whole and ahead of llama-cpp-sys-2's, so every llama_* and ggml_*
+//! symbol resolves to the patched build and the unpatched archives contribute nothing.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use diffy::patch_set::{FileOperation, ParseOptions, PatchSet};
+
+const PATCH: &str = "vendor/llama.cpp.patch";
+const KERNELS: &str = "vendor/ggml-apiq2";
+/// CMake library name → the name it is linked under (distinct from llama-cpp-sys-2's).
+const LIBS: [(&str, &str); 4] = [
+    ("llama", "apiq_llama"),
+    ("ggml", "apiq_ggml"),
+    ("ggml-cpu", "apiq_ggml_cpu"),
+    ("ggml-base", "apiq_ggml_base"),
+];
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed={PATCH}");
+    println!("cargo:rerun-if-changed={KERNELS}");
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+
+    let pristine = pristine_source();
+    let tree = out.join("llama.cpp");
+    if tree.exists() {
+        fs::remove_dir_all(&tree).expect("clearing the previous patched tree");
+    }
+    copy_tree(&pristine, &tree);
+    apply_patch(
+        &tree,
+        &fs::read_to_string(PATCH).expect("reading vendor/llama.cpp.patch"),
+    );
+    let kernels = tree.join("ggml/src/ggml-apiq2");
+    fs::create_dir_all(&kernels).expect("creating ggml-apiq2");
+    for entry in fs::read_dir(KERNELS).expect("reading vendor/ggml-apiq2") {
+        let path = entry.expect("vendor/ggml-apiq2 entry").path();
+        fs::copy(&path, kernels.join(path.file_name().unwrap())).expect("copying a kernel file");
+    }
+
+    let dst = configure(&tree).build();
+
+    let libdir = out.join("apiq-libs");
+    fs::create_dir_all(&libdir).expect("creating apiq-libs");
+    for (cmake_name, link_name) in LIBS {
+        let built = ["lib", "lib64"]
+            .iter()
+            .map(|d| dst.join(d).join(format!("lib{cmake_name}.a")))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("lib{cmake_name}.a not built under {}", dst.display()));
+        fs::copy(&built, libdir.join(format!("lib{link_name}.a"))).expect("copying a library");
+    }
+    println!("cargo:rustc-link-search=native={}", libdir.display());
+    for (_, link_name) in LIBS {
+        println!("cargo:rustc-link-lib=static:+whole-archive={link_name}");
+    }
+}
+
+/// The llama.cpp tree llama-cpp-sys-2 built, read from its CMake cache.
+fn pristine_source() -> PathBuf {
+    let cmake_dir = env::var("DEP_LLAMA_GGML_CMAKE_DIR")
+        .expect("llama-cpp-sys-2 did not report its build (DEP_LLAMA_GGML_CMAKE_DIR)");
+    // <OUT_DIR of llama-cpp-sys-2>/lib/cmake → <OUT_DIR>/build/CMakeCache.txt
+    let sys_out = Path::new(&cmake_dir)
+        .ancestors()
+        .nth(2)
+        .expect("cmake dir depth");
+    let cache = sys_out.join("build/CMakeCache.txt");
+    let text =
+        fs::read_to_string(&cache).unwrap_or_else(|e| panic!("reading {}: {e}", cache.display()));
+    let src = text
+        .lines()
+        .find_map(|l| l.strip_prefix("CMAKE_HOME_DIRECTORY:INTERNAL="))
+        .unwrap_or_else(|| panic!("no CMAKE_HOME_DIRECTORY in {}", cache.display()));
+    PathBuf::from(src)
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    fs::create_dir_all(to).expect("creating a directory");
+    for entry in fs::read_dir(from).unwrap_or_else(|e| panic!("reading {}: {e}", from.display())) {
+        let entry = entry.expect("directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).expect("copying a source file");
+            // registry sources are read-only; the patched ones must be writable
+            let mut perms = fs::metadata(&target).expect("metadata").permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perms.set_readonly(false);
+            fs::set_permissions(&target, perms).expect("making a copy writable");
+        }
+    }
+}
+
+fn apply_patch(tree: &Path, patch: &str) {
+    for file in PatchSet::parse(patch, ParseOptions::unidiff()) {
+        let file = file.expect("vendor/llama.cpp.patch does not parse");
+        let path = match file.operation().strip_prefix(1) {
+            FileOperation::Modify { modified, .. } => modified.into_owned(),
+            other => panic!("vendor/llama.cpp.patch may only modify files, not {other:?}"),
+        };
+        let text = file.patch().as_text().expect("a text patch");
+        let target = tree.join(&path);
+        let base = fs::read_to_string(&target)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", target.display()));
+        let patched = diffy::apply(&base, text)
+            .unwrap_or_else(|e| panic!("vendor/llama.cpp.patch does not apply to {path}: {e}"));
+        fs::write(&target, patched).expect("writing a patched file");
+    }
+}
+
+/// The options llama-cpp-sys-2 builds with (CPU, static, OpenMP, no tools), so both halves of
+/// the program agree on every struct and flag.
+fn configure(tree: &Path) -> cmake::Config {
+    let mut cfg = cmake::Config::new(tree);
+    for (key, value) in [
+        ("LLAMA_BUILD_TESTS", "OFF"),
+        ("LLAMA_BUILD_EXAMPLES", "OFF"),
+        ("LLAMA_BUILD_SERVER", "OFF"),
+        ("LLAMA_BUILD_TOOLS", "OFF"),
+        ("LLAMA_BUILD_APP", "OFF"),
+        ("LLAMA_BUILD_COMMON", "OFF"),
+        ("LLAMA_CURL", "OFF"),
+        ("BUILD_SHARED_LIBS", "OFF"),
+        ("GGML_OPENMP", "ON"),
+        ("GGML_CUDA", "OFF"),
+    ] {
+        cfg.define(key, value);
+    }
+    let rustflags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    let target_cpu = rustflags
+        .split('\x1f')
+        .find_map(|f| f.split("target-cpu=").nth(1).map(str::to_owned));
+    if target_cpu.as_deref() == Some("native") {
+        cfg.define("GGML_NATIVE", "ON");
+    } else {
+        cfg.define("GGML_NATIVE", "OFF");
+        if let Some(cpu) = &target_cpu {
+            cfg.cflag(format!("-march={cpu}"));
+            cfg.cxxflag(format!("-march={cpu}"));
+        }
+        let features = env::var("CARGO_CFG_TARGET_FEATURE").unwrap_or_default();
+        for feature in features.split(',') {
+            let option = match feature {
+                "avx" => "GGML_AVX",
+                "avx2" => "GGML_AVX2",
+                "avx512bf16" => "GGML_AVX512_BF16",
+                "avx512vbmi" => "GGML_AVX512_VBMI",
+                "avx512vnni" => "GGML_AVX512_VNNI",
+                "avxvnni" => "GGML_AVX_VNNI",
+                "bmi2" => "GGML_BMI2",
+                "f16c" => "GGML_F16C",
+                "fma" => "GGML_FMA",
+                "sse4.2" => "GGML_SSE42",
+                _ => continue,
+            };
+            cfg.define(option, "ON");
+        }
+    }
+    cfg.profile("Release");
+    cfg
+}

@@ -1,0 +1,158 @@
+//! Prompt-processing and generation speed, measured the way llama-bench does: pp = one batch of
+//! N random tokens from an empty cache, tg = N single-token decodes from an empty cache, each
+//! repeated and reported as mean ± standard deviation of tokens per second, after one warm-up.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::token::LlamaToken;
+use rand::{Rng, SeedableRng};
+
+use super::Runtime;
+
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    pub model: PathBuf,
+    pub lora: Option<PathBuf>,
+    pub threads: i32,
+    /// Prompt tokens of the pp test (0 skips it).
+    pub n_prompt: usize,
+    /// Generated tokens of the tg test (0 skips it).
+    pub n_gen: usize,
+    pub reps: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchRow {
+    /// `pp512`, `tg128`, …
+    pub test: String,
+    pub mean: f64,
+    pub sd: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    pub description: String,
+    pub size_bytes: u64,
+    pub n_params: u64,
+    pub rows: Vec<BenchRow>,
+}
+
+fn stats(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, var.sqrt())
+}
+
+fn decode_prompt(
+    ctx: &mut LlamaContext,
+    batch: &mut LlamaBatch,
+    tokens: &[LlamaToken],
+) -> Result<()> {
+    ctx.clear_kv_cache();
+    batch.clear();
+    for (i, &t) in tokens.iter().enumerate() {
+        batch.add(t, i as i32, &[0], i + 1 == tokens.len())?;
+    }
+    ctx.decode(batch)
+        .map_err(|e| anyhow!("llama.cpp decode failed: {e}"))
+}
+
+fn decode_one_by_one(
+    ctx: &mut LlamaContext,
+    batch: &mut LlamaBatch,
+    tokens: &[LlamaToken],
+) -> Result<()> {
+    ctx.clear_kv_cache();
+    for (i, &t) in tokens.iter().enumerate() {
+        batch.clear();
+        batch.add(t, i as i32, &[0], true)?;
+        ctx.decode(batch)
+            .map_err(|e| anyhow!("llama.cpp decode failed: {e}"))?;
+    }
+    Ok(())
+}
+
+pub fn run(rt: &Runtime, a: &BenchArgs) -> Result<BenchReport> {
+    let mut model = rt.load(&a.model)?;
+    let mut adapter = match &a.lora {
+        Some(p) => Some(Runtime::load_lora(&mut model, p)?),
+        None => None,
+    };
+    let n_vocab = model.n_vocab().max(1);
+    let n_ctx = a.n_prompt.max(a.n_gen).max(16);
+    let n_batch = a.n_prompt.max(1);
+    let cparams = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx as u32))
+        .with_n_batch(n_batch as u32)
+        .with_n_ubatch(n_batch as u32)
+        .with_n_threads(a.threads)
+        .with_n_threads_batch(a.threads);
+    let mut ctx = model
+        .new_context(&rt.backend, cparams)
+        .context("cannot create a llama.cpp context")?;
+    if let Some(ad) = adapter.as_mut() {
+        ctx.lora_adapter_set(ad, 1.0)
+            .context("cannot apply the LoRA adapter")?;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let mut random_tokens = |n: usize| -> Vec<LlamaToken> {
+        (0..n)
+            .map(|_| LlamaToken(rng.random_range(0..n_vocab)))
+            .collect()
+    };
+    let mut batch = LlamaBatch::new(n_batch, 1);
+    let mut rows = Vec::new();
+
+    if a.n_prompt > 0 {
+        decode_prompt(&mut ctx, &mut batch, &random_tokens(a.n_prompt))?; // warm-up
+        let mut speeds = Vec::with_capacity(a.reps);
+        for _ in 0..a.reps {
+            let tokens = random_tokens(a.n_prompt);
+            let t0 = Instant::now();
+            decode_prompt(&mut ctx, &mut batch, &tokens)?;
+            speeds.push(a.n_prompt as f64 / t0.elapsed().as_secs_f64());
+        }
+        let (mean, sd) = stats(&speeds);
+        rows.push(BenchRow {
+            test: format!("pp{}", a.n_prompt),
+            mean,
+            sd,
+        });
+    }
+    if a.n_gen > 0 {
+        decode_one_by_one(&mut ctx, &mut batch, &random_tokens(1))?; // warm-up
+        let mut speeds = Vec::with_capacity(a.reps);
+        for _ in 0..a.reps {
+            let tokens = random_tokens(a.n_gen);
+            let t0 = Instant::now();
+            decode_one_by_one(&mut ctx, &mut batch, &tokens)?;
+            speeds.push(a.n_gen as f64 / t0.elapsed().as_secs_f64());
+        }
+        let (mean, sd) = stats(&speeds);
+        rows.push(BenchRow {
+            test: format!("tg{}", a.n_gen),
+            mean,
+            sd,
+        });
+    }
+    Ok(BenchReport {
+        description: a
+            .model
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+        size_bytes: model.size(),
+        n_params: model.n_params(),
+        rows,
+    })
+}
