@@ -10,13 +10,7 @@ if [ -x "$bin/llama-quantize" ] && [ -x "$bin/llama-perplexity" ]; then
   echo "$bin"; exit 0
 fi
 mkdir -p "$root"
-if [ ! -d "$root/src" ]; then
-  python3 -m pip download --quiet --no-deps --no-binary :all: --disable-pip-version-check \
-    llama-cpp-python==0.3.36 -d "$root" >&2
-  tar -xzf "$root"/llama_cpp_python-0.3.36.tar.gz -C "$root"
-  mv "$root"/llama_cpp_python-0.3.36/vendor/llama.cpp "$root/src"
-  rm -rf "$root"/llama_cpp_python-0.3.36 "$root"/*.tar.gz
-fi
+scripts/fetch-llama-sdist.sh "$root/src"
 cmake -S "$root/src" -B "$root/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >&2
 cmake --build "$root/build" -j"$(nproc)" --target llama-quantize llama-perplexity llama-tokenize llama-completion llama-bench >&2

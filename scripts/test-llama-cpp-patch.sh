@@ -6,14 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=.cache/llama-apiq2
-if [ ! -d "$root/src" ]; then
-  mkdir -p "$root"
-  python3 -m pip download --quiet --no-deps --no-binary :all: --disable-pip-version-check \
-    llama-cpp-python==0.3.36 -d "$root"
-  tar -xzf "$root"/llama_cpp_python-0.3.36.tar.gz -C "$root"
-  mv "$root"/llama_cpp_python-0.3.36/vendor/llama.cpp "$root/src"
-  rm -rf "$root"/llama_cpp_python-0.3.36 "$root"/*.tar.gz
-fi
+scripts/fetch-llama-sdist.sh "$root/src"
 bin=$(scripts/llama-cpp-apiq2.sh "$root/src" "$root/build")
 for tool in llama-cli llama-server llama-perplexity; do
   [ -x "$bin/$tool" ] || { echo "error: $tool was not built" >&2; exit 1; }

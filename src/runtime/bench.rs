@@ -6,7 +6,7 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
@@ -84,11 +84,7 @@ fn decode_one_by_one(
 }
 
 pub fn run(rt: &Runtime, a: &BenchArgs) -> Result<BenchReport> {
-    let mut model = rt.load(&a.model)?;
-    let mut adapter = match &a.lora {
-        Some(p) => Some(Runtime::load_lora(&mut model, p)?),
-        None => None,
-    };
+    let (model, mut adapter) = rt.load_with_lora(&a.model, a.lora.as_deref())?;
     let n_vocab = model.n_vocab().max(1);
     let n_ctx = a.n_prompt.max(a.n_gen).max(16);
     let n_batch = a.n_prompt.max(1);
@@ -98,13 +94,7 @@ pub fn run(rt: &Runtime, a: &BenchArgs) -> Result<BenchReport> {
         .with_n_ubatch(n_batch as u32)
         .with_n_threads(a.threads)
         .with_n_threads_batch(a.threads);
-    let mut ctx = model
-        .new_context(&rt.backend, cparams)
-        .context("cannot create a llama.cpp context")?;
-    if let Some(ad) = adapter.as_mut() {
-        ctx.lora_adapter_set(ad, 1.0)
-            .context("cannot apply the LoRA adapter")?;
-    }
+    let mut ctx = rt.context(&model, cparams, adapter.as_mut(), 1.0)?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let mut random_tokens = |n: usize| -> Vec<LlamaToken> {
         (0..n)
@@ -114,34 +104,27 @@ pub fn run(rt: &Runtime, a: &BenchArgs) -> Result<BenchReport> {
     let mut batch = LlamaBatch::new(n_batch, 1);
     let mut rows = Vec::new();
 
-    if a.n_prompt > 0 {
-        decode_prompt(&mut ctx, &mut batch, &random_tokens(a.n_prompt))?; // warm-up
+    // (name, tokens, warm-up tokens, how they are decoded)
+    type Decode = fn(&mut LlamaContext, &mut LlamaBatch, &[LlamaToken]) -> Result<()>;
+    let tests: [(&str, usize, usize, Decode); 2] = [
+        ("pp", a.n_prompt, a.n_prompt, decode_prompt),
+        ("tg", a.n_gen, 1, decode_one_by_one),
+    ];
+    for (name, n, n_warm, decode) in tests {
+        if n == 0 {
+            continue;
+        }
+        decode(&mut ctx, &mut batch, &random_tokens(n_warm))?;
         let mut speeds = Vec::with_capacity(a.reps);
         for _ in 0..a.reps {
-            let tokens = random_tokens(a.n_prompt);
+            let tokens = random_tokens(n);
             let t0 = Instant::now();
-            decode_prompt(&mut ctx, &mut batch, &tokens)?;
-            speeds.push(a.n_prompt as f64 / t0.elapsed().as_secs_f64());
+            decode(&mut ctx, &mut batch, &tokens)?;
+            speeds.push(n as f64 / t0.elapsed().as_secs_f64());
         }
         let (mean, sd) = stats(&speeds);
         rows.push(BenchRow {
-            test: format!("pp{}", a.n_prompt),
-            mean,
-            sd,
-        });
-    }
-    if a.n_gen > 0 {
-        decode_one_by_one(&mut ctx, &mut batch, &random_tokens(1))?; // warm-up
-        let mut speeds = Vec::with_capacity(a.reps);
-        for _ in 0..a.reps {
-            let tokens = random_tokens(a.n_gen);
-            let t0 = Instant::now();
-            decode_one_by_one(&mut ctx, &mut batch, &tokens)?;
-            speeds.push(a.n_gen as f64 / t0.elapsed().as_secs_f64());
-        }
-        let (mean, sd) = stats(&speeds);
-        rows.push(BenchRow {
-            test: format!("tg{}", a.n_gen),
+            test: format!("{name}{n}"),
             mean,
             sd,
         });

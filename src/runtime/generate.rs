@@ -3,7 +3,7 @@
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
@@ -32,11 +32,7 @@ pub struct Generated {
 /// parsed), then the arg-max token is taken until `n_predict` tokens or an end-of-generation
 /// token.
 pub fn generate(rt: &Runtime, a: &GenerateArgs) -> Result<Generated> {
-    let mut model = rt.load(&a.model)?;
-    let mut adapter = match &a.lora {
-        Some(p) => Some(Runtime::load_lora(&mut model, p)?),
-        None => None,
-    };
+    let (model, mut adapter) = rt.load_with_lora(&a.model, a.lora.as_deref())?;
     let vocab = model.vocab();
     let prompt: Vec<LlamaToken> = vocab.tokenize(a.prompt.as_bytes(), true, true);
     if prompt.is_empty() {
@@ -48,13 +44,7 @@ pub fn generate(rt: &Runtime, a: &GenerateArgs) -> Result<Generated> {
         .with_n_batch(prompt.len().max(1) as u32)
         .with_n_threads(a.threads)
         .with_n_threads_batch(a.threads);
-    let mut ctx = model
-        .new_context(&rt.backend, cparams)
-        .context("cannot create a llama.cpp context")?;
-    if let Some(ad) = adapter.as_mut() {
-        ctx.lora_adapter_set(ad, a.lora_scale)
-            .context("cannot apply the LoRA adapter")?;
-    }
+    let mut ctx = rt.context(&model, cparams, adapter.as_mut(), a.lora_scale)?;
     let mut batch = LlamaBatch::new(prompt.len().max(1), 1);
     for (i, t) in prompt.iter().enumerate() {
         batch.add(*t, i as i32, &[0], i + 1 == prompt.len())?;

@@ -8,6 +8,8 @@ use std::ffi::CStr;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_backend::LlamaBackend;
 use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
@@ -46,6 +48,38 @@ impl Runtime {
         LlamaModel::load_from_file(&self.backend, path, &params).map_err(|e| {
             anyhow::anyhow!("{}: llama.cpp cannot load this model ({e})", path.display())
         })
+    }
+
+    /// The model and, if given, its LoRA adapter.
+    pub fn load_with_lora(
+        &self,
+        path: &Path,
+        lora: Option<&Path>,
+    ) -> Result<(LlamaModel, Option<LlamaLoraAdapter>)> {
+        let mut model = self.load(path)?;
+        let adapter = match lora {
+            Some(p) => Some(Self::load_lora(&mut model, p)?),
+            None => None,
+        };
+        Ok((model, adapter))
+    }
+
+    /// A context on `model` with `adapter` (if any) applied at `scale`.
+    pub fn context<'m>(
+        &self,
+        model: &'m LlamaModel,
+        params: LlamaContextParams,
+        adapter: Option<&mut LlamaLoraAdapter>,
+        scale: f32,
+    ) -> Result<LlamaContext<'m>> {
+        let mut ctx = model
+            .new_context(&self.backend, params)
+            .context("cannot create a llama.cpp context")?;
+        if let Some(ad) = adapter {
+            ctx.lora_adapter_set(ad, scale)
+                .context("cannot apply the LoRA adapter")?;
+        }
+        Ok(ctx)
     }
 
     pub fn load_lora(model: &mut LlamaModel, path: &Path) -> Result<LlamaLoraAdapter> {

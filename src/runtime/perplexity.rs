@@ -48,11 +48,7 @@ pub fn run(
     a: &PerplexityArgs,
     mut on_chunk: impl FnMut(usize, f64),
 ) -> Result<PerplexityResult> {
-    let mut model = rt.load(&a.model)?;
-    let mut adapter = match &a.lora {
-        Some(p) => Some(Runtime::load_lora(&mut model, p)?),
-        None => None,
-    };
+    let (model, mut adapter) = rt.load_with_lora(&a.model, a.lora.as_deref())?;
     let mut text =
         std::fs::read(&a.text).with_context(|| format!("{}: cannot read", a.text.display()))?;
     if text.last() == Some(&b'\n') {
@@ -97,13 +93,7 @@ pub fn run(
         .with_n_seq_max(n_seq as u32)
         .with_n_threads(a.threads)
         .with_n_threads_batch(a.threads);
-    let mut ctx = model
-        .new_context(&rt.backend, cparams)
-        .context("cannot create a llama.cpp context")?;
-    if let Some(ad) = adapter.as_mut() {
-        ctx.lora_adapter_set(ad, a.lora_scale)
-            .context("cannot apply the LoRA adapter")?;
-    }
+    let mut ctx = rt.context(&model, cparams, adapter.as_mut(), a.lora_scale)?;
 
     let mut batch = LlamaBatch::new(n_batch, n_seq as i32);
     let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);

@@ -48,17 +48,7 @@ fn candle_forward_reproduces_llama_cpp_perplexity() {
 }
 
 fn calibrate(out: &Path, extra: &[&str]) -> String {
-    let calib = shared().join("data/calib/c4.utf8");
-    let model = stories_hf();
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        model.as_os_str(),
-        out.as_os_str(),
-        "--quick".as_ref(),
-        "--calib".as_ref(),
-        calib.as_os_str(),
-    ];
-    args.extend(extra.iter().map(std::ffi::OsStr::new));
-    run_ok(&args)
+    String::from_utf8(calibrate_quick(&stories_hf(), out, extra).stdout).expect("utf-8 stdout")
 }
 
 fn ppl(model: &Path, lora: Option<&Path>) -> f64 {

@@ -51,6 +51,26 @@ pub fn run_ok(args: &[&std::ffi::OsStr]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
 
+/// `apiq2gguf MODEL OUT --quick --calib c4.utf8 EXTRA…`, which must succeed.
+pub fn calibrate_quick(model: &Path, out: &Path, extra: &[&str]) -> Output {
+    let calib = shared().join("data/calib/c4.utf8");
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        model.as_os_str(),
+        out.as_os_str(),
+        "--quick".as_ref(),
+        "--calib".as_ref(),
+        calib.as_os_str(),
+    ];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    let o = run(&args);
+    assert!(
+        o.status.success(),
+        "{extra:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o
+}
+
 pub fn run(args: &[&std::ffi::OsStr]) -> Output {
     bin().args(args).output().expect("run apiq2gguf")
 }

@@ -13,25 +13,6 @@ use half::f16;
 
 use crate::common::*;
 
-fn calibrate(model: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
-    let calib = shared().join("data/calib/c4.utf8");
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        model.as_os_str(),
-        out.as_os_str(),
-        "--quick".as_ref(),
-        "--calib".as_ref(),
-        calib.as_os_str(),
-    ];
-    args.extend(extra.iter().map(std::ffi::OsStr::new));
-    let o = run(&args);
-    assert!(
-        o.status.success(),
-        "{extra:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
 fn sibling(out: &Path, suffix: &str) -> PathBuf {
     let s = out.to_string_lossy();
     PathBuf::from(format!("{}{suffix}", s.strip_suffix(".gguf").unwrap()))
@@ -123,7 +104,7 @@ fn q2_0_is_exact_runs_on_stock_llama_cpp_and_exports_peft() {
     let d = tempdir();
     let out = d.path().join("m.gguf");
     let peft = d.path().join("peft");
-    calibrate(
+    calibrate_quick(
         &stories_hf(),
         &out,
         &[
@@ -213,7 +194,7 @@ fn q2_0_is_exact_runs_on_stock_llama_cpp_and_exports_peft() {
 fn q4_1_four_bit_is_exact_and_runs_on_stock_llama_cpp() {
     let d = tempdir();
     let out = d.path().join("m.gguf");
-    calibrate(
+    calibrate_quick(
         &stories_hf(),
         &out,
         &[
@@ -234,7 +215,7 @@ fn q4_1_four_bit_is_exact_and_runs_on_stock_llama_cpp() {
 fn apiq2_holds_the_calibration_bit_for_bit_and_q8_0_adapters_load() {
     let d = tempdir();
     let out = d.path().join("m.gguf");
-    calibrate(&stories_hf(), &out, &["--f16-twin", "--lora-type", "q8_0"]);
+    calibrate_quick(&stories_hf(), &out, &["--f16-twin", "--lora-type", "q8_0"]);
     assert_eq!(assert_packed_equals_twin(&out, GgmlType::APIQ2), 5 * 6);
     let g = GgufFile::open(&out).unwrap();
     assert_eq!(g.get_str("apiq.format"), Some("apiq2"));
@@ -289,7 +270,7 @@ fn q2_k_maps_real_weights_with_bounded_error() {
     // RTN keeps the run short: the mapping sees a real grid of real weights.
     let d = tempdir();
     let out = d.path().join("m.gguf");
-    let o = calibrate(
+    let o = calibrate_quick(
         &smollm2_gguf(),
         &out,
         &[
