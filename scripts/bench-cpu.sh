@@ -6,7 +6,9 @@
 # (scripts/make-random-model.py). Prints pp512/tg128 tokens per second and the ratios to Q4_0.
 #   scripts/bench-cpu.sh [THREADS] [WORK_DIR]
 # Needs ~12 GB of disk for the 7B files. Stock x86 Q2_0 has no SIMD kernel; it is measured on
-# pp64/tg16 once on the 7B shape (minutes otherwise).
+# pp64/tg16 once on the 7B shape (minutes otherwise). Last, the kernels alone: MUL_MAT of APIQ2
+# and Q4_0 (vendor/tests/bench-apiq2.c, built with scripts/llama-cpp-apiq2.sh on the
+# llama-cpp-python sdist tree) on 7B shapes and one that fits in the caches.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads=${1:-$(nproc)}
@@ -15,6 +17,8 @@ mkdir -p "$work"
 cargo build --release >&2
 bin=target/release/apiq2gguf
 stock=$(scripts/build-stock-llama.sh)
+scripts/fetch-llama-sdist.sh .cache/llama-apiq2/src
+patched=$(scripts/llama-cpp-apiq2.sh .cache/llama-apiq2/src .cache/llama-apiq2/build)
 smol=$(scripts/fetch-smollm2.sh)
 python3 -c 'import gguf, numpy' 2>/dev/null || python3 -m pip install --quiet gguf numpy >&2
 
@@ -45,7 +49,7 @@ for ty in apiq2 q4_0 q2_k; do bench llama2-7b-shape "$ty" "$work/r7-$ty.gguf" -r
 bench llama2-7b-shape q2_0 "$work/r7-q2_0.gguf" -p 64 -n 16 -r 1
 
 echo
-echo "threads: $threads; $("$bin" bench "$work/smol-apiq2.gguf" -p 0 -n 1 -r 1 | head -1)"
+echo "threads: $threads"; "$bin" bench "$work/smol-apiq2.gguf" -p 0 -n 1 -r 1 | head -2
 echo "| model | type | file MiB | pp test | pp t/s | pp / Q4_0 | tg test | tg t/s | tg / Q4_0 |"
 echo "|---|---|---:|---|---:|---:|---|---:|---:|"
 for r in "${rows[@]}"; do
@@ -58,3 +62,5 @@ for r in "${rows[@]}"; do
     rt = (b[1] == d[1]) ? sprintf("%.2f", b[2] / d[2]) : "-";
     printf "| %s | %s | %.1f | %s | %.2f | %s | %s | %.2f | %s |\n", l, t, s / 1048576, a[1], a[2], rp, b[1], b[2], rt }'
 done
+echo
+"$patched/bench-apiq2" "$threads"

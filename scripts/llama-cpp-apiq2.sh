@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Adds the APIQ2 type (vendor/) to a llama.cpp source tree and builds llama-cli, llama-server
-# and llama-perplexity with it, plus vendor/tests/test-apiq2 (the ggml-level check):
+# and llama-perplexity with it, plus vendor/tests/test-apiq2 (the ggml-level check) and
+# vendor/tests/bench-apiq2 (kernel speed against Q4_0):
 #   scripts/llama-cpp-apiq2.sh LLAMA_CPP_TREE [BUILD_DIR] [-- extra cmake options]
 # The tree is patched in place (once; a second run sees the patch and skips it). Tested against
 # the llama.cpp inside the PyPI sdist llama-cpp-python==0.3.36 and the one in llama-cpp-sys-2
@@ -27,9 +28,12 @@ cmake -S "$tree" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "$@" >&2
 cmake --build "$build" -j"$jobs" --target llama-cli llama-server llama-perplexity >&2
 
-# The ggml-level test links the libraries just built (shared by default in a llama.cpp build).
+# The ggml-level test and kernel benchmark link the libraries just built (shared by default in
+# a llama.cpp build).
 libdir=$(dirname "$(find "$build" -name 'libggml-base.*' | head -1)")
-cc -O2 -std=c11 -o "$build/bin/test-apiq2" "$here/vendor/tests/test-apiq2.c" \
-  -I"$tree/ggml/include" -I"$tree/ggml/src" -L"$libdir" -Wl,-rpath,"$libdir" \
-  -lggml-cpu -lggml-base -lm
+for prog in test-apiq2 bench-apiq2; do
+  cc -O2 -std=c11 -o "$build/bin/$prog" "$here/vendor/tests/$prog.c" \
+    -I"$tree/ggml/include" -I"$tree/ggml/src" -L"$libdir" -Wl,-rpath,"$libdir" \
+    -lggml-cpu -lggml-base -lm
+done
 echo "$build/bin"

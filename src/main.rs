@@ -211,6 +211,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
             )?;
             writeln!(out, "system_info: {}", Runtime::system_info())?;
+            writeln!(out, "apiq2 kernels: {}", Runtime::apiq2_kernels())?;
             writeln!(out, "| model | size | params | threads | test | t/s |")?;
             writeln!(out, "|---|---:|---:|---:|---:|---:|")?;
             for row in &r.rows {

@@ -38,6 +38,29 @@ impl Runtime {
         s.to_string_lossy().trim().to_string()
     }
 
+    /// The APIQ2 kernels this build runs: the plain buffer's dot product and the repack
+    /// buffer's matrix kernels (llama.cpp's default placement of weights).
+    pub fn apiq2_kernels() -> String {
+        // Defined by vendor/ggml-apiq2, which build.rs links in place of the unpatched ggml.
+        extern "C" {
+            fn apiq2_vec_dot_kernel() -> *const std::ffi::c_char;
+            fn apiq2_repack_kernel() -> *const std::ffi::c_char;
+        }
+        #[allow(unsafe_code)]
+        // SAFETY: both return pointers to static NUL-terminated string literals.
+        let (dot, repack) = unsafe {
+            (
+                CStr::from_ptr(apiq2_vec_dot_kernel()),
+                CStr::from_ptr(apiq2_repack_kernel()),
+            )
+        };
+        format!(
+            "vec_dot {} | repack {}",
+            dot.to_string_lossy(),
+            repack.to_string_lossy()
+        )
+    }
+
     pub fn load(&self, path: &Path) -> Result<LlamaModel> {
         if !path.is_file() {
             bail!("{}: no such file", path.display());

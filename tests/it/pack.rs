@@ -261,6 +261,10 @@ fn apiq2_holds_the_calibration_bit_for_bit_and_q8_0_adapters_load() {
             bench.contains("AVX2 = 1"),
             "ggml built without AVX2: {bench}"
         );
+        assert!(
+            bench.contains("apiq2 kernels: vec_dot avx2 | repack avx"),
+            "APIQ2 without its SIMD kernels: {bench}"
+        );
     }
 }
 

@@ -37,6 +37,9 @@ void apiq2_vec_dot_q8_1(int n, float * s, size_t bs, const void * vx, size_t bx,
 void apiq2_vec_dot_q8_1_generic(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
 // Which kernel apiq2_vec_dot_q8_1 runs: "avx2", "neon" or "generic".
 const char * apiq2_vec_dot_kernel(void);
+// Which kernels the repack buffer's matrix multiplication runs (apiq2-x16.h): "avx512-vnni",
+// "avx512", "avx2-vnni", "avx2", "neon-dotprod" or "generic".
+const char * apiq2_repack_kernel(void);
 // Nonzero when GGML_APIQ2_KERNEL=generic asks for the portable kernels (tests, comparisons).
 int apiq2_vec_dot_generic_forced(void);
 

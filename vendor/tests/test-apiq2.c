@@ -3,7 +3,7 @@
 //  2. MUL_MAT of APIQ2 x F32 against F32 math on the dequantized weights, n = 1..33 columns,
 //     k = 64*j; the error must stay inside the bound that Q8_1 rounding of the activations allows;
 //  3. GET_ROWS returns the dequantized rows bit for bit;
-//  4. MUL_MAT with the weights in the CPU_REPACK buffer (8 interleaved rows, int16 activations,
+//  4. MUL_MAT with the weights in the CPU_REPACK buffer (16 interleaved rows, int16 activations,
 //     the path llama.cpp takes by default), within the bound of int16 activation rounding.
 // GGML_APIQ2_KERNEL=generic runs the same checks on the portable kernels.
 #define GGML_COMMON_DECL_C
@@ -231,8 +231,9 @@ static void test_repack(ggml_backend_t cpu, ggml_backend_buffer_type_t buft, int
                     w2 += (double) wr[e] * wr[e];
                     mag += fabs((double) wr[e] * xc[e]);
                 }
-                bound += wabs * amax / 32767.0 * 0.5; // int16 rounding of the activations
-                repack_var += w2 * (amax / 32767.0) * (amax / 32767.0) / 12.0;
+                // int16 rounding of the activations (grid amax / 32639, see apiq2-x16.h)
+                bound += wabs * amax / 32639.0 * 0.5;
+                repack_var += w2 * (amax / 32639.0) * (amax / 32639.0) / 12.0;
             }
             const double err = out[(size_t) col * m + r] - want;
             repack_err2 += err * err;
@@ -249,7 +250,7 @@ static void test_repack(ggml_backend_t cpu, ggml_backend_buffer_type_t buft, int
 
 int main(void) {
     ggml_cpu_init();
-    printf("apiq2 vec_dot kernel: %s\n", apiq2_vec_dot_kernel());
+    printf("apiq2 vec_dot kernel: %s; repack kernel: %s\n", apiq2_vec_dot_kernel(), apiq2_repack_kernel());
     int cases = 0;
     for (int j = 1; j <= 64; j++) {
         test_vec_dot(64 * j);
@@ -274,7 +275,7 @@ int main(void) {
     } else {
         for (size_t ik = 0; ik < sizeof(ks) / sizeof(ks[0]); ik++) {
             for (int n = 1; n <= 33; n++) {
-                test_repack(cpu, buft, ks[ik], n, 24);
+                test_repack(cpu, buft, ks[ik], n, 32 + 16 * (n % 2)); // 2 or 3 groups of 16 rows
                 cases++;
             }
         }
