@@ -20,6 +20,7 @@ stock=$(scripts/build-stock-llama.sh)
 scripts/fetch-llama-sdist.sh .cache/llama-apiq2/src
 patched=$(scripts/llama-cpp-apiq2.sh .cache/llama-apiq2/src .cache/llama-apiq2/build)
 smol=$(scripts/fetch-smollm2.sh)
+scripts/fetch-calib.sh >/dev/null
 python3 -c 'import gguf, numpy' 2>/dev/null || python3 -m pip install --quiet gguf numpy >&2
 
 if [ ! -f "$work/smol-apiq2.gguf" ]; then

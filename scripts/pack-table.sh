@@ -11,6 +11,7 @@ flags=("$@"); [ ${#flags[@]} -gt 0 ] || flags=(--quick)
 bin=target/release/apiq2gguf
 wt2=../shared/data/wikitext-2-raw/wiki.test.lf.raw
 mkdir -p "$work"
+scripts/fetch-calib.sh >/dev/null
 # name | format flags
 runs=(
   "apiq2|--format apiq2"

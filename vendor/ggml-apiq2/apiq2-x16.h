@@ -9,12 +9,12 @@
 //
 // Activations: int16 per 64 values with one f32 scale (the rounding that keeps an APIQ2 model
 // at its F16 twin's perplexity; 8-bit activations move it by a percent), stored as two signed
-// bytes a = 256*h + l so that the byte dot products of SSSE3/AVX-512 VNNI/ARM dotprod apply:
-// the codes (0..3) times h and times l, each exact in 16 or 32 bits. Values are limited to
-// +-32639 so that h = round(a / 256) stays a signed byte.
+// bytes a = 256*h + l so that byte dot products (vpmaddubsw, vpdpbusd, ARM's sdot) apply: the
+// codes (0..3) times h and times l, each exact in 16 or 32 bits. Values are limited to +-32639
+// so that h = round(a / 256) stays a signed byte.
 //
-// Header-only C++, included by ggml-cpu's repack.cpp (through apiq2-repack.inc) and by nothing
-// that needs ggml otherwise, so the kernels can also be benchmarked on their own.
+// Header-only C++ (included by ggml-cpu's repack.cpp through apiq2-repack.inc) with no ggml
+// dependency but the f16 conversion APIQ2_FP16_TO_FP32, so the kernels also build on their own.
 #pragma once
 
 #include "apiq2.h"
@@ -69,21 +69,31 @@ static inline int apiq2x16_shift(int c) {
     return 2 * ((c % 16) / 4);
 }
 
+// The 4 source bytes of 16 columns hold a 4x4 matrix of 2-bit codes, byte j field i = column
+// 4j + i; the layout wants byte i field k = column 4k + i: a transpose, done with two delta swaps
+// (2x2 blocks of fields, then the fields within each block).
+static inline uint32_t apiq2x16_transpose4x4(uint32_t w) {
+    uint32_t t = ((w >> 12) ^ w) & 0x0000F0F0u;
+    w ^= t ^ (t << 12);
+    t = ((w >> 6) ^ w) & 0x00CC00CCu;
+    return w ^ t ^ (t << 6);
+}
+
 // 16 rows of nb blocks each (row-major block_apiq2) into nb interleaved blocks.
 static void apiq2x16_pack(const block_apiq2 * src, int64_t nb, block_apiq2x16 * dst) {
     for (int64_t b = 0; b < nb; b++) {
-        block_apiq2x16 out;
-        memset(&out, 0, sizeof(out));
+        block_apiq2x16 & out = dst[b];
         for (int r = 0; r < APIQ2_X16_ROWS; r++) {
             const block_apiq2 & in = src[r * nb + b];
             out.d[r] = in.d;
             out.m[r] = in.m;
-            for (int c = 0; c < QK_APIQ2; c++) {
-                const int q = (in.qs[c / 4] >> (2 * (c % 4))) & 3;
-                out.qs[apiq2x16_byte(r, c)] |= (uint8_t) (q << apiq2x16_shift(c));
+            for (int u = 0; u < 4; u++) {
+                uint32_t w;
+                memcpy(&w, in.qs + 4 * u, sizeof(w));
+                w = apiq2x16_transpose4x4(w);
+                memcpy(out.qs + apiq2x16_byte(r, 16 * u), &w, sizeof(w));
             }
         }
-        dst[b] = out;
     }
 }
 
