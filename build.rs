@@ -24,13 +24,126 @@ const LIBS: [(&str, &str); 4] = [
     ("ggml-base", "apiq_ggml_base"),
 ];
 
+/// Our CUDA kernels (feature `cuda`), each compiled to `OUT_DIR/cuda/NAME.fatbin`.
+const CUDA_SOURCES: [&str; 3] = [
+    "src/quant/fake_quant.cu",
+    "src/nn/causal_softmax.cu",
+    "src/apiq/adamw.cu",
+];
+
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={PATCH}");
     println!("cargo:rerun-if-changed={KERNELS}");
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    if env::var_os("CARGO_FEATURE_CUDA").is_some() {
+        compile_cuda(&out);
+    }
+    build_llama(&out);
+}
 
+/// nvcc from $NVCC, the PATH, or $CUDA_ROOT / $CUDA_HOME / $CUDA_PATH.
+fn nvcc() -> PathBuf {
+    if let Some(p) = env::var_os("NVCC") {
+        return PathBuf::from(p);
+    }
+    let on_path = env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("nvcc"))
+        .find(|p| p.is_file());
+    on_path
+        .or_else(|| {
+            ["CUDA_ROOT", "CUDA_HOME", "CUDA_PATH"]
+                .iter()
+                .filter_map(env::var_os)
+                .map(|d| PathBuf::from(d).join("bin/nvcc"))
+                .find(|p| p.is_file())
+        })
+        .expect("the cuda feature needs nvcc (set NVCC, or put it on the PATH)")
+}
+
+/// Machine code (SASS) for each architecture of `APIQ_CUDA_ARCHS` (comma-separated compute
+/// capabilities, e.g. `80,90`; default: `CUDA_COMPUTE_CAP`, which candle's build reads too,
+/// else 90), plus PTX of the newest for later GPUs: no JIT at load time on the listed ones.
+fn compile_cuda(out: &Path) {
+    println!("cargo:rerun-if-env-changed=APIQ_CUDA_ARCHS");
+    println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+    println!("cargo:rerun-if-env-changed=NVCC");
+    let archs = env::var("APIQ_CUDA_ARCHS")
+        .or_else(|_| env::var("CUDA_COMPUTE_CAP"))
+        .unwrap_or_else(|_| "90".into());
+    let archs: Vec<String> = archs
+        .split(',')
+        .map(|a| a.trim().replace('.', ""))
+        .filter(|a| !a.is_empty())
+        .collect();
+    let dir = out.join("cuda");
+    fs::create_dir_all(&dir).expect("creating OUT_DIR/cuda");
+    let nvcc = nvcc();
+    for src in CUDA_SOURCES {
+        println!("cargo:rerun-if-changed={src}");
+        let name = Path::new(src).file_stem().unwrap().to_str().unwrap();
+        let mut cmd = std::process::Command::new(&nvcc);
+        cmd.args(["-fatbin", "-O3", "-std=c++17", "-o"])
+            .arg(dir.join(format!("{name}.fatbin")))
+            .arg(src);
+        for a in &archs {
+            cmd.arg(format!("-gencode=arch=compute_{a},code=sm_{a}"));
+        }
+        let newest = archs.iter().max_by_key(|a| a.parse::<u32>().unwrap_or(0));
+        if let Some(a) = newest {
+            cmd.arg(format!("-gencode=arch=compute_{a},code=compute_{a}"));
+        }
+        let status = cmd
+            .status()
+            .unwrap_or_else(|e| panic!("running {}: {e}", nvcc.display()));
+        assert!(status.success(), "nvcc failed on {src}");
+    }
+}
+
+/// A digest of everything the patched llama.cpp build depends on, so that a rerun of this
+/// script for another reason (the CUDA kernels) does not rebuild it.
+fn llama_inputs(pristine: &Path) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    pristine.hash(&mut h);
+    fs::read(PATCH).expect("reading the patch").hash(&mut h);
+    let mut kernels: Vec<PathBuf> = fs::read_dir(KERNELS)
+        .expect("reading vendor/ggml-apiq2")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    kernels.sort();
+    for k in kernels {
+        k.hash(&mut h);
+        fs::read(&k).expect("reading a kernel file").hash(&mut h);
+    }
+    for var in [
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_CFG_TARGET_FEATURE",
+        "PROFILE",
+    ] {
+        env::var(var).unwrap_or_default().hash(&mut h);
+    }
+    format!("{:016x}", h.finish())
+}
+
+fn link_llama(libdir: &Path) {
+    println!("cargo:rustc-link-search=native={}", libdir.display());
+    for (_, link_name) in LIBS {
+        println!("cargo:rustc-link-lib=static:+whole-archive={link_name}");
+    }
+}
+
+fn build_llama(out: &Path) {
     let pristine = pristine_source();
+    let libdir = out.join("apiq-libs");
+    let stamp = libdir.join("inputs");
+    let inputs = llama_inputs(&pristine);
+    if fs::read_to_string(&stamp).is_ok_and(|s| s == inputs) {
+        link_llama(&libdir);
+        return;
+    }
     let tree = out.join("llama.cpp");
     if tree.exists() {
         fs::remove_dir_all(&tree).expect("clearing the previous patched tree");
@@ -49,7 +162,6 @@ fn main() {
 
     let dst = configure(&tree).build();
 
-    let libdir = out.join("apiq-libs");
     fs::create_dir_all(&libdir).expect("creating apiq-libs");
     for (cmake_name, link_name) in LIBS {
         let built = ["lib", "lib64"]
@@ -59,10 +171,8 @@ fn main() {
             .unwrap_or_else(|| panic!("lib{cmake_name}.a not built under {}", dst.display()));
         fs::copy(&built, libdir.join(format!("lib{link_name}.a"))).expect("copying a library");
     }
-    println!("cargo:rustc-link-search=native={}", libdir.display());
-    for (_, link_name) in LIBS {
-        println!("cargo:rustc-link-lib=static:+whole-archive={link_name}");
-    }
+    fs::write(&stamp, inputs).expect("writing the build stamp");
+    link_llama(&libdir);
 }
 
 /// The llama.cpp tree llama-cpp-sys-2 built, read from its CMake cache.

@@ -4,7 +4,7 @@
 # the first 1,200,000 bytes of c4.utf8 + wiki.utf8), then scores WT2-512x40 with and without the
 # adapter (the F16 fake-quant twin, and the packed file where the runtime loads its type).
 # Runs under a time limit and resumes where the last call stopped:
-#   scripts/quality-gpu.sh BIN MODEL DATA_DIR WORK_DIR NAME LIMIT_S [FLAGS…]
+#   [SEED=N] scripts/quality-gpu.sh BIN MODEL DATA_DIR WORK_DIR NAME LIMIT_S [FLAGS…]
 set -uo pipefail
 bin=$1 model=$2 data=$3 work=$4 name=$5 limit=$6; shift 6
 mkdir -p "$work"
@@ -12,7 +12,7 @@ out=$work/$name.gguf
 if [ ! -f "$out" ]; then
   start=$(date +%s.%N)
   timeout --signal=INT "$limit" "$bin" -q "$model" "$out" --device cuda \
-    --nsamples 128 --seqlen 2048 --epochs 5 --seed 2 \
+    --nsamples 128 --seqlen 2048 --epochs 5 --seed "${SEED:-2}" \
     --calib "$data/c4.utf8" "$data/wiki.utf8" --calib-max-bytes 1200000 --f16-twin "$@" \
     >"$work/$name.table" 2>>"$work/$name.log"
   rc=$?

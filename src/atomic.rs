@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use tempfile::NamedTempFile;
 
 static LIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+static NOTE: Mutex<Option<String>> = Mutex::new(None);
 static HANDLER: Once = Once::new();
 
 fn install_interrupt_handler() {
@@ -22,9 +23,23 @@ fn install_interrupt_handler() {
                     let _ = std::fs::remove_file(p);
                 }
             }
+            if let Ok(note) = NOTE.lock() {
+                if let Some(n) = note.as_deref() {
+                    eprintln!("\n{n}");
+                }
+            }
             std::process::exit(130);
         });
     });
+}
+
+/// One line for the user if the run is interrupted now (what is saved, how to go on); `None`
+/// for none. Installs the Ctrl-C / SIGTERM handler.
+pub fn set_interrupt_note(note: Option<String>) {
+    install_interrupt_handler();
+    if let Ok(mut n) = NOTE.lock() {
+        *n = note;
+    }
 }
 
 /// Removes temporary files a killed run (SIGKILL, power loss) left for the same output.

@@ -6,11 +6,12 @@ use std::time::Instant;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
 use crate::apiq::qblock::{forward_train, TrainLinear};
 use crate::apiq::recipe::Recipe;
+use crate::apiq::train::Optimizers;
 use crate::nn::block::{BlockNorms, Rope};
+use crate::nn::compute::Compute;
 use crate::nn::hparams::{HParams, RopeKind};
 
 pub const SHAPES: &str = "stories260k, smollm2-135m, llama2-7b";
@@ -40,24 +41,13 @@ pub fn shape(name: &str) -> Result<HParams> {
     })
 }
 
-pub struct StepTiming {
-    pub ms_per_step: f64,
-    pub tokens_per_s: f64,
-    pub steps: usize,
-}
-
-/// Times `steps` training steps after `warmup` untimed ones.
-pub fn train_step(
+/// A block of shape `hp` with random weights (scaled by 1/√in) and unit norms, its linears
+/// ready to train with `recipe`.
+pub fn random_block(
     hp: &HParams,
-    seqlen: usize,
     recipe: &Recipe,
     dev: &Device,
-    warmup: usize,
-    steps: usize,
-) -> Result<StepTiming> {
-    if dev.is_cuda() {
-        dev.set_seed(7)?;
-    }
+) -> Result<(Vec<TrainLinear>, BlockNorms)> {
     let (e, ff) = (hp.n_embd, hp.n_ff);
     let kv = hp.n_head_kv * hp.head_dim;
     let shapes = [(e, e), (kv, e), (kv, e), (e, e), (ff, e), (ff, e), (e, ff)];
@@ -78,40 +68,56 @@ pub fn train_step(
         ffn_norm: Tensor::ones(e, DType::F32, dev)?,
         bias: [None, None, None],
     };
-    let rope = Rope::new(hp, seqlen, DType::F32, dev)?;
+    Ok((linears, norms))
+}
+
+pub struct StepTiming {
+    pub ms_per_step: f64,
+    pub tokens_per_s: f64,
+    pub steps: usize,
+    /// Peak device memory during the timed steps (CUDA only), bytes.
+    pub peak_bytes: Option<u64>,
+}
+
+/// Times `steps` training steps after `warmup` untimed ones: the calibration's own step
+/// (`Optimizers`, `forward_train`) computing as `c` says.
+pub fn train_step(
+    hp: &HParams,
+    seqlen: usize,
+    recipe: &Recipe,
+    c: Compute,
+    dev: &Device,
+    warmup: usize,
+    steps: usize,
+) -> Result<StepTiming> {
+    if dev.is_cuda() {
+        dev.set_seed(7)?;
+    }
+    let e = hp.n_embd;
+    let (linears, norms) = random_block(hp, recipe, dev)?;
+    let rope = Rope::new(hp, seqlen, DType::F32, dev)?.with_compute(c);
     let x = Tensor::randn(0f32, 1.0, (1, seqlen, e), dev)?;
     let t1 = Tensor::randn(0f32, 1.0, (1, seqlen, e), dev)?;
     let t2 = Tensor::randn(0f32, 1.0, (1, seqlen, e), dev)?;
-    let p = |lr: f64| ParamsAdamW {
-        lr,
-        beta1: 0.9,
-        beta2: 0.999,
-        eps: 1e-8,
-        weight_decay: 0.1,
-    };
-    let mut opt_lwc = AdamW::new(
+    let mut opt = Optimizers::new(
+        recipe,
+        c,
         linears.iter().flat_map(TrainLinear::lwc_vars).collect(),
-        p(recipe.lwc_lr),
-    )?;
-    let mut opt_lora = AdamW::new(
         linears.iter().flat_map(TrainLinear::lora_vars).collect(),
-        p(recipe.lora_lr),
     )?;
-    let mut step = || -> Result<()> {
+    let mut step = |i: usize| -> Result<()> {
         let y = forward_train(hp, &rope, &norms, &recipe.quant, &linears, &x)?;
         let loss = ((&y - &t1)?.sqr()?.mean_all()? + (&y - &t2)?.sqr()?.mean_all()?)?;
-        let grads = loss.backward()?;
-        opt_lwc.step(&grads)?;
-        opt_lora.step(&grads)?;
-        Ok(())
+        opt.step(&loss, 0, 0, i, &mut |_, _, _| {})
     };
-    for _ in 0..warmup {
-        step()?;
+    for i in 0..warmup {
+        step(i)?;
     }
     dev.synchronize()?;
+    reset_peak(dev)?;
     let t = Instant::now();
-    for _ in 0..steps {
-        step()?;
+    for i in 0..steps {
+        step(i)?;
     }
     dev.synchronize()?;
     let s = t.elapsed().as_secs_f64() / steps as f64;
@@ -119,5 +125,32 @@ pub fn train_step(
         ms_per_step: s * 1e3,
         tokens_per_s: seqlen as f64 / s,
         steps,
+        peak_bytes: peak(dev)?,
     })
+}
+
+#[cfg(feature = "cuda")]
+fn reset_peak(dev: &Device) -> Result<()> {
+    if let Device::Cuda(d) = dev {
+        crate::cuda::reset_peak_memory(d)?;
+    }
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn peak(dev: &Device) -> Result<Option<u64>> {
+    Ok(match dev {
+        Device::Cuda(d) => Some(crate::cuda::peak_memory(d)?),
+        _ => None,
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn reset_peak(_: &Device) -> Result<()> {
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn peak(_: &Device) -> Result<Option<u64>> {
+    Ok(None)
 }

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::apiq::recipe::{Method, Recipe};
 use crate::export::calibrated::ExportOptions;
 use crate::export::model::OutType;
+use crate::nn::compute::{Compute, Precision};
 use crate::pack::{EmbedType, Format, LoraType};
 use crate::quant::lora::LoraSpec;
 use crate::quant::QuantSpec;
@@ -108,6 +109,16 @@ pub struct CalibCli {
     /// autocast). On an H100 tf32 measured slower for these shapes (59 vs 51 ms per step).
     #[arg(long, value_enum, default_value = "f32", help_heading = "Calibration")]
     pub cuda_matmul: crate::device::CudaMatmul,
+    /// Operand precision of the trained block's matrix products [default: bf16 on CUDA, f32 on
+    /// the CPU]. bf16/f16 run them on tensor cores with f32 accumulation; master weights, LWC
+    /// logits, LoRA pairs, optimizer state and the loss stay f32; f16 adds dynamic loss scaling
+    /// (as the released code's fp16 autocast).
+    #[arg(long, value_enum, help_heading = "Calibration")]
+    pub precision: Option<Precision>,
+    /// Kernels on CUDA: fused (ours: the LWC quantizer, the causal softmax and AdamW in one pass
+    /// each) or candle (candle's ops, the reference). The CPU always runs candle's.
+    #[arg(long, value_enum, default_value_t = Kernels::Fused, help_heading = "Calibration")]
+    pub kernels: Kernels,
     /// Also train an LWC-only copy of every block on the same inputs, for the closing table.
     #[arg(long, help_heading = "Calibration")]
     pub baselines: bool,
@@ -132,6 +143,27 @@ pub struct CalibCli {
     pub peft: Option<PathBuf>,
 }
 
+/// Which implementation of the quantizer, softmax and optimizer runs on CUDA.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    Fused,
+    Candle,
+}
+
+impl Kernels {
+    /// What runs on a device of this kind at this precision.
+    pub fn compute(self, cuda: bool, precision: Option<Precision>) -> Compute {
+        Compute {
+            precision: precision.unwrap_or(if cuda {
+                Precision::Bf16
+            } else {
+                Precision::F32
+            }),
+            fused: cuda && self == Kernels::Fused,
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Perplexity of a GGUF model on a text file, scored exactly as llama-perplexity does
@@ -149,6 +181,33 @@ pub enum Command {
     /// Time one ApiQ-bw training step on a random block of a named shape (benchmarks).
     #[command(hide = true)]
     BenchStep(BenchStepCli),
+    /// Compare the fused CUDA kernels with candle's reference ops on random data.
+    #[command(hide = true)]
+    CheckKernels(CheckKernelsCli),
+    /// Faithfulness A/B: write one block's weights, inputs, targets and initial LoRA to DIR,
+    /// then train it with our step and write every step's loss (scripts/ab-gpu.sh).
+    #[command(hide = true)]
+    TraceBlock(TraceBlockCli),
+}
+
+#[derive(Args, Debug)]
+pub struct TraceBlockCli {
+    /// Hugging Face model directory or .gguf file.
+    pub model: PathBuf,
+    /// Output folder.
+    pub dir: PathBuf,
+    /// Which block.
+    #[arg(long, default_value_t = 0)]
+    pub layer: usize,
+    #[command(flatten)]
+    pub calib: CalibCli,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckKernelsCli {
+    /// cuda or cuda:N.
+    #[arg(long, default_value = "cuda")]
+    pub device: String,
 }
 
 #[derive(Args, Debug)]
@@ -169,6 +228,12 @@ pub struct BenchStepCli {
     /// CUDA matrix products: tf32 or f32.
     #[arg(long, value_enum, default_value = "f32")]
     pub cuda_matmul: crate::device::CudaMatmul,
+    /// Operand precision of the products [default: bf16 on CUDA, f32 on the CPU].
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+    /// fused (ours) or candle kernels on CUDA.
+    #[arg(long, value_enum, default_value_t = Kernels::Fused)]
+    pub kernels: Kernels,
 }
 
 #[derive(Args, Debug)]
@@ -301,7 +366,12 @@ impl CalibCli {
         }
     }
 
-    pub fn recipe(&self) -> Result<Recipe> {
+    /// How the calibration computes on a CUDA device (`cuda`) or the CPU.
+    pub fn compute(&self, cuda: bool) -> Compute {
+        self.kernels.compute(cuda, self.precision)
+    }
+
+    pub fn recipe(&self, compute: Compute) -> Result<Recipe> {
         let base = if self.quick {
             Recipe::quick()
         } else {
@@ -328,6 +398,7 @@ impl CalibCli {
             seqlen: self.seqlen.unwrap_or(base.seqlen),
             epochs: self.epochs.unwrap_or(base.epochs),
             seed: self.seed,
+            precision: compute.precision,
             ..base
         })
     }

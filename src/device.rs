@@ -30,6 +30,12 @@ pub fn parse(spec: &str, matmul: CudaMatmul) -> Result<Device> {
 
 #[cfg(feature = "cuda")]
 fn cuda(ordinal: usize, matmul: CudaMatmul) -> Result<Device> {
+    // candle's kernels are PTX, compiled by the driver when a process first loads them (about
+    // 20 s) and then kept in the driver's cache; the default cache can be too small to keep
+    // them all, and every process would pay again. Set before the driver starts.
+    if std::env::var_os("CUDA_CACHE_MAXSIZE").is_none() {
+        std::env::set_var("CUDA_CACHE_MAXSIZE", (4u64 << 30).to_string());
+    }
     candle_core::cuda_backend::set_gemm_reduced_precision_f32(matmul == CudaMatmul::Tf32);
     Ok(Device::new_cuda(ordinal)?)
 }

@@ -10,7 +10,7 @@ use apiq2gguf::apiq::recipe::Method;
 use apiq2gguf::cli::{CalibCli, Cli, Command};
 use apiq2gguf::report::Progress;
 use apiq2gguf::runtime::{self, perplexity, Runtime};
-use apiq2gguf::{device, export, gguf, inspect, pipeline, source};
+use apiq2gguf::{device, export, gguf, inspect, output_check, pipeline, source};
 
 fn main() -> ExitCode {
     // candle puts a captured backtrace into its error text when RUST_BACKTRACE is set; errors
@@ -39,12 +39,18 @@ fn calibrate(
     tokenizer_pre: Option<String>,
     progress: &Progress,
 ) -> Result<()> {
+    check_calibration_outputs(c, &out)?;
+    // Inputs are checked before the banner: a bad model fails with its own one-line error.
+    source::ModelSource::open(&model, tokenizer_pre.as_deref())?;
+    let device = device::parse(&c.device, c.cuda_matmul)?;
+    let compute = c.compute(device.is_cuda());
     let args = pipeline::CalibrateArgs {
-        recipe: c.recipe()?,
+        recipe: c.recipe(compute)?,
+        compute,
         export: c.export(),
         calib_files: c.calib.clone(),
         calib_max_bytes: c.calib_max_bytes,
-        device: device::parse(&c.device, c.cuda_matmul)?,
+        device,
         baselines: c.baselines,
         tokenizer_pre,
         model,
@@ -53,7 +59,7 @@ fn calibrate(
     let r = &args.recipe;
     args.export.format.check(&r.quant)?;
     eprintln!(
-        "calibrating {} with {} into {}: {}-bit g{} {}, {}, {} windows x {} tokens, {} epochs, seed {}, {}",
+        "calibrating {} with {} into {}: {}-bit g{} {}, {}, {} windows x {} tokens, {} epochs, seed {}, {} ({}{})",
         args.model.display(),
         clap::ValueEnum::to_possible_value(&r.method).map_or_else(String::new, |v| v.get_name().to_string()),
         args.export.format.name(),
@@ -66,10 +72,12 @@ fn calibrate(
         r.epochs,
         r.seed,
         c.device,
+        compute.precision.name(),
+        if compute.fused { ", fused kernels" } else { "" },
     );
     let s = pipeline::calibrate(&args, progress, &mut |b, n| {
         let loss = match (b.loss_first, b.loss_last) {
-            (Some(a), Some(z)) => format!("loss {a:.3e} -> {z:.3e}"),
+            (Some(a), Some(z)) => format!("epoch-mean loss {a:.3e} -> {z:.3e}"),
             _ if b.resumed => "resumed".to_string(),
             _ => "no training".to_string(),
         };
@@ -106,6 +114,36 @@ fn calibrate(
         eprintln!("wrote {} ({})", p.display(), mib(*b));
     }
     eprintln!("wrote {}", w.modelfile.display());
+    let t = &w.summary;
+    let list = |v: &[(&str, usize)]| {
+        v.iter()
+            .map(|(n, c)| format!("{c} {}", n.to_lowercase()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    eprintln!(
+        "{}: {} tensors ({}); linears {} at {:.2} bpw, whole file {:.2} bpw{}",
+        w.base.0.display(),
+        t.tensors.iter().map(|(_, c)| c).sum::<usize>(),
+        list(&t.tensors),
+        list(&t.linears),
+        t.linear_bpw(),
+        w.base.1 as f64 * 8.0 / t.weights.max(1) as f64,
+        w.adapter.as_ref().map_or(String::new(), |(_, b)| format!(
+            " (adapter {} beside it)",
+            mib(*b)
+        )),
+    );
+    let fallbacks = t.fallbacks();
+    if !fallbacks.is_empty() {
+        let n: usize = t.linears.iter().map(|(_, c)| c).sum();
+        eprintln!(
+            "warning: --format {} stored {} of {n} linears in other types: {} (q2_k needs rows that are multiples of 256; linears ApiQ cannot quantize stay f16)",
+            args.export.format.name(),
+            fallbacks.iter().map(|(_, c)| c).sum::<usize>(),
+            list(&fallbacks)
+        );
+    }
     if let Some(d) = &w.peft {
         eprintln!("wrote PEFT adapter and base to {}", d.display());
     }
@@ -120,6 +158,24 @@ fn calibrate(
         );
     }
     eprintln!("calibration took {:.1} s", s.seconds);
+    Ok(())
+}
+
+/// Every path a calibration writes, before any work (nothing is created when one fails).
+fn check_calibration_outputs(c: &CalibCli, out: &std::path::Path) -> Result<()> {
+    use apiq2gguf::export::calibrated::{adapter_path, modelfile_path, twin_path};
+    output_check::file(out)?;
+    if !c.no_lora && c.method != Method::Rtn {
+        output_check::file(&adapter_path(out))?;
+    }
+    if c.f16_twin {
+        output_check::file(&twin_path(out))?;
+    }
+    output_check::file(&modelfile_path(out))?;
+    output_check::folder(&apiq2gguf::apiq::state::dir_for(out))?;
+    if let Some(p) = &c.peft {
+        output_check::folder(p)?;
+    }
     Ok(())
 }
 
@@ -140,6 +196,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             match a.out_type {
                 Some(ty) => {
+                    output_check::file(&dest)?;
                     let src = source::ModelSource::open(&model, a.tokenizer_pre.as_deref())?;
                     let w = export::model::convert(&src, &dest, ty, &progress)?;
                     eprintln!(
@@ -230,13 +287,69 @@ fn run(cli: Cli) -> Result<()> {
         Some(Command::BenchStep(a)) => {
             let hp = apiq2gguf::bench::shape(&a.shape)?;
             let dev = device::parse(&a.device, a.cuda_matmul)?;
+            let c = a.kernels.compute(dev.is_cuda(), a.precision);
             let r = apiq2gguf::apiq::recipe::Recipe::default();
-            let t = apiq2gguf::bench::train_step(&hp, a.seqlen, &r, &dev, a.warmup, a.steps)?;
+            let t = apiq2gguf::bench::train_step(&hp, a.seqlen, &r, c, &dev, a.warmup, a.steps)?;
+            let peak = t.peak_bytes.map_or(String::new(), |b| {
+                format!(", peak {:.2} GiB", b as f64 / (1u64 << 30) as f64)
+            });
             writeln!(
                 out,
-                "{} seq {} on {}: {:.2} ms/step, {:.0} tokens/s ({} steps)",
-                a.shape, a.seqlen, a.device, t.ms_per_step, t.tokens_per_s, t.steps
+                "ours {} {} {} seq {} on {}: {:.2} ms/step, {:.0} tokens/s{peak} ({} steps)",
+                c.precision.name(),
+                if c.fused { "fused" } else { "candle" },
+                a.shape,
+                a.seqlen,
+                a.device,
+                t.ms_per_step,
+                t.tokens_per_s,
+                t.steps
             )?;
+        }
+        Some(Command::TraceBlock(a)) => {
+            let dev = device::parse(&a.calib.device, a.calib.cuda_matmul)?;
+            let compute = a.calib.compute(dev.is_cuda());
+            let t = apiq2gguf::trace::run(&apiq2gguf::trace::TraceArgs {
+                model: a.model.clone(),
+                layer: a.layer,
+                dir: a.dir.clone(),
+                recipe: a.calib.recipe(compute)?,
+                compute,
+                calib_files: a.calib.calib.clone(),
+                calib_max_bytes: a.calib.calib_max_bytes,
+                device: dev,
+            })?;
+            writeln!(
+                out,
+                "ours {}: {} steps in {:.1} s, loss {:.4e} -> {:.4e}, block-output mse {:.4e} (rtn {:.4e})",
+                compute.precision.name(),
+                t.losses.len(),
+                t.seconds,
+                t.losses.first().copied().unwrap_or(f64::NAN),
+                t.losses.last().copied().unwrap_or(f64::NAN),
+                t.mse_final,
+                t.mse_rtn
+            )?;
+        }
+        Some(Command::CheckKernels(a)) => {
+            let dev = device::parse(&a.device, device::CudaMatmul::F32)?;
+            let checks = apiq2gguf::kernel_check::run(&dev)?;
+            let mut failed = 0;
+            for c in &checks {
+                writeln!(
+                    out,
+                    "{:<4} {:<48} rel {:.3e} (bound {:.0e})",
+                    if c.ok() { "ok" } else { "FAIL" },
+                    c.what,
+                    c.rel,
+                    c.bound
+                )?;
+                failed += usize::from(!c.ok());
+            }
+            writeln!(out, "{} passed, {failed} failed", checks.len() - failed)?;
+            if failed > 0 {
+                anyhow::bail!("{failed} kernel checks out of bounds");
+            }
         }
         Some(Command::Tokenize(a)) => {
             let rt = Runtime::init(cli.verbose)?;

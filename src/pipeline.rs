@@ -18,6 +18,7 @@ use crate::apiq::train;
 use crate::calib::{data, load};
 use crate::export::calibrated::{calib_hash, CalibratedWriter, ExportOptions, Written};
 use crate::nn::block::Rope;
+use crate::nn::compute::Compute;
 use crate::report::Progress;
 use crate::source::ModelSource;
 
@@ -29,6 +30,8 @@ pub struct CalibrateArgs {
     pub calib_files: Vec<PathBuf>,
     pub calib_max_bytes: Option<usize>,
     pub device: Device,
+    /// Precision and kernels of the training (the recipe holds the precision too).
+    pub compute: Compute,
     /// Also train an LWC-only copy of each block on the same inputs, for the closing table.
     pub baselines: bool,
     pub tokenizer_pre: Option<String>,
@@ -41,6 +44,7 @@ pub struct BlockReport {
     pub mse_rtn: f64,
     pub mse_lwc: Option<f64>,
     pub mse_final: f64,
+    /// Mean training loss of the first and of the last epoch.
     pub loss_first: Option<f64>,
     pub loss_last: Option<f64>,
     pub seconds: f64,
@@ -54,6 +58,33 @@ pub struct Summary {
 }
 
 const DTYPE: DType = DType::F32;
+
+/// Mean loss of the first (or last) epoch of `per_epoch` steps, summed over the groups trained
+/// one after the other (ApiQ-lw; ApiQ-bw has one); with one epoch, of its first (or last)
+/// quarter. Single steps see different windows, so only means show the trend.
+fn smoothed(groups: &[Vec<f64>], per_epoch: usize, first: bool) -> Option<f64> {
+    if groups.is_empty() {
+        return None;
+    }
+    groups.iter().map(|g| epoch_mean(g, per_epoch, first)).sum()
+}
+
+fn epoch_mean(losses: &[f64], per_epoch: usize, first: bool) -> Option<f64> {
+    if losses.is_empty() {
+        return None;
+    }
+    let n = if losses.len() >= 2 * per_epoch.max(1) {
+        per_epoch.max(1)
+    } else {
+        (losses.len() / 4).max(1)
+    };
+    let part = if first {
+        &losses[..n]
+    } else {
+        &losses[losses.len() - n..]
+    };
+    Some(part.iter().sum::<f64>() / n as f64)
+}
 
 pub fn calibrate(
     a: &CalibrateArgs,
@@ -76,23 +107,22 @@ pub fn calibrate(
         "recipe": r,
         "calibration": hash,
         "seqlen": seqlen,
+        "fused_kernels": a.compute.fused,
     }))?;
     let state = State::open(&a.out, &fingerprint)?;
+    let note = |saved: usize| {
+        let dir = crate::apiq::state::dir_for(&a.out);
+        crate::atomic::set_interrupt_note(Some(format!(
+            "interrupted: {saved} of {} blocks saved in {}; run the same command again to resume",
+            hp.n_layer,
+            dir.display()
+        )));
+    };
+    note((0..hp.n_layer).take_while(|&l| state.has(l)).count());
 
-    // Block-0 inputs: the embeddings of each window, [1, L, E].
-    let embed = load::embedding(&src, DTYPE, dev)?;
-    let mut fp_in: Vec<Tensor> = windows
-        .iter()
-        .map(|w| {
-            let ids = Tensor::from_slice(w, (1, w.len()), dev)?;
-            embed
-                .index_select(&ids.flatten_all()?, 0)?
-                .reshape((1, w.len(), hp.n_embd))
-        })
-        .collect::<candle_core::Result<_>>()?;
-    drop(embed);
+    let mut fp_in = load::embed_windows(&src, &hp, &windows, DTYPE, dev)?;
     let mut q_in = fp_in.clone();
-    let rope = Rope::new(&hp, seqlen, DTYPE, dev)?;
+    let rope = Rope::new(&hp, seqlen, DTYPE, dev)?.with_compute(a.compute);
 
     let mut writer = CalibratedWriter::create(&src, &a.out, r, &a.export, hp.n_layer, &hash)?;
     let mut reports = Vec::with_capacity(hp.n_layer);
@@ -105,7 +135,7 @@ pub fn calibrate(
             .map(|x| bw.forward_fp(&hp, &rope, x))
             .collect::<candle_core::Result<_>>()
             .with_context(ctx)?;
-        let mut losses: Vec<f64> = Vec::new();
+        let mut losses: Vec<Vec<f64>> = Vec::new();
         let data = train::BlockData {
             hp: &hp,
             rope: &rope,
@@ -123,28 +153,34 @@ pub fn calibrate(
             None => {
                 let bar = progress.bar((r.epochs * q_in.len()) as u64, "calibrating");
                 bar.set_message(format!("blk.{layer}"));
-                let mut obs = |_e: usize, _j: usize, loss: f64| {
-                    losses.push(loss);
-                    bar.set_message(format!("blk.{layer} loss {loss:.3e}"));
+                let mut epoch_sum = 0.0;
+                let mut obs = |e: usize, j: usize, loss: f64| {
+                    // ApiQ-lw trains its groups of linears one after the other, each from
+                    // epoch 0: one list of losses per group.
+                    if (e, j) == (0, 0) || losses.is_empty() {
+                        losses.push(Vec::new());
+                    }
+                    losses.last_mut().expect("pushed").push(loss);
+                    epoch_sum = if j == 0 { loss } else { epoch_sum + loss };
+                    let mean = epoch_sum / (j + 1) as f64;
+                    bar.set_message(format!(
+                        "blk.{layer} epoch {}/{} mean loss {mean:.3e}",
+                        e + 1,
+                        r.epochs
+                    ));
                     bar.inc(1);
                 };
                 let learned =
                     train::train(r, &data, r.lora.is_some(), &mut obs).with_context(ctx)?;
                 bar.finish_and_clear();
                 state.save(layer, &learned)?;
+                note(layer + 1);
                 learned
             }
         };
         let linears = train::finalize(r, &bw, &learned).with_context(ctx)?;
         let mse_final = train::output_mse(&hp, &rope, &bw, &linears, &q_in, &fp_out)?;
-        let rtn = train::finalize(
-            &Recipe {
-                lora: None,
-                ..r.clone()
-            },
-            &bw,
-            &train::rtn_learned(),
-        )?;
+        let rtn = train::rtn_linears(r, &bw)?;
         let mse_rtn = train::output_mse(&hp, &rope, &bw, &rtn, &q_in, &fp_out)?;
         let mse_lwc = if a.baselines && r.trains() && r.lora.is_some() {
             let lwc_recipe = Recipe {
@@ -169,8 +205,8 @@ pub fn calibrate(
             mse_rtn,
             mse_lwc,
             mse_final,
-            loss_first: losses.first().copied(),
-            loss_last: losses.last().copied(),
+            loss_first: smoothed(&losses, q_in.len(), true),
+            loss_last: smoothed(&losses, q_in.len(), false),
             seconds: t0.elapsed().as_secs_f64(),
             resumed,
         };
@@ -179,6 +215,7 @@ pub fn calibrate(
     }
     let written = writer.finish()?;
     state.remove()?;
+    crate::atomic::set_interrupt_note(None);
     Ok(Summary {
         blocks: reports,
         written,

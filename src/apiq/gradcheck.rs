@@ -220,7 +220,10 @@ fn linear_gradients_match_finite_differences() {
         .unwrap();
     let xt = Tensor::from_slice(&x, (1, n_tok, in_f), &dev).unwrap();
     let ct = Tensor::from_slice(&c, (1, n_tok, out_f), &dev).unwrap();
-    let grads = (lin.forward(&spec, &xt).unwrap() * &ct)
+    let grads = (lin
+        .forward(&spec, crate::nn::compute::Compute::REFERENCE, &xt)
+        .unwrap()
+        * &ct)
         .unwrap()
         .sum_all()
         .unwrap()

@@ -1,5 +1,8 @@
 //! ApiQ calibration: the recipe, the quantized block and its training, the resume state.
 
+pub mod adamw;
+#[cfg(feature = "cuda")]
+mod adamw_cuda;
 pub mod qblock;
 pub mod recipe;
 pub mod state;

@@ -4,7 +4,9 @@
 use candle_core::{DType, Result, Tensor, Var};
 
 use crate::nn::block::{self, BlockNorms, Rope};
+use crate::nn::compute::{Compute, Precision};
 use crate::nn::hparams::HParams;
+use crate::quant::fake_quant_op::fake_quant_fused;
 use crate::quant::lora::{Lora, LoraSpec};
 use crate::quant::quantizer::{self, fake_quant, Quantized};
 use crate::quant::{GroupedWeight, Lwc, QuantSpec};
@@ -55,12 +57,22 @@ impl TrainLinear {
         })
     }
 
-    pub fn forward(&self, spec: &QuantSpec, x: &Tensor) -> Result<Tensor> {
+    /// The quantized weight is computed (and stored) as `c` says; the product's operands are
+    /// in its storage type.
+    pub fn forward(&self, spec: &QuantSpec, c: Compute, x: &Tensor) -> Result<Tensor> {
         let y = match &self.quant {
-            Some((gw, lwc)) => block::matmul_t(
-                x,
-                &fake_quant(spec, gw, lwc.gamma.as_tensor(), lwc.beta.as_tensor())?,
-            )?,
+            Some((gw, lwc)) => {
+                let (g, b) = (lwc.gamma.as_tensor(), lwc.beta.as_tensor());
+                let mm = c.precision.matmul_dtype();
+                let wq = if c.fused {
+                    fake_quant_fused(spec, gw, g, b, mm)?
+                } else if c.precision == Precision::F32 {
+                    fake_quant(spec, gw, g, b)?
+                } else {
+                    fake_quant(spec, gw, g, b)?.to_dtype(mm)?
+                };
+                block::matmul_t(x, &wq)?
+            }
             None => block::matmul_t(x, &self.w)?,
         };
         match &self.lora {
@@ -187,5 +199,11 @@ pub fn forward_train(
     linears: &[TrainLinear],
     x: &Tensor,
 ) -> Result<Tensor> {
-    block::forward(hp, rope, norms, &|i, h| linears[i].forward(spec, h), x)
+    block::forward(
+        hp,
+        rope,
+        norms,
+        &|i, h| linears[i].forward(spec, rope.compute(), h),
+        x,
+    )
 }

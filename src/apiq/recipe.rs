@@ -4,6 +4,7 @@
 use clap::ValueEnum;
 use serde::Serialize;
 
+use crate::nn::compute::Precision;
 use crate::quant::lora::LoraSpec;
 use crate::quant::QuantSpec;
 
@@ -40,6 +41,8 @@ pub struct Recipe {
     pub seqlen: usize,
     /// ApiQ's default seed is 2.
     pub seed: u64,
+    /// Operand precision of the trained block's matrix products.
+    pub precision: Precision,
 }
 
 impl Default for Recipe {
@@ -65,6 +68,7 @@ impl Default for Recipe {
             nsamples: 128,
             seqlen: 2048,
             seed: 2,
+            precision: Precision::F32,
         }
     }
 }

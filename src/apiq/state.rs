@@ -54,6 +54,11 @@ impl State {
         self.dir.join(format!("block-{layer:04}.safetensors"))
     }
 
+    /// Whether block `layer` is saved.
+    pub fn has(&self, layer: usize) -> bool {
+        self.block_path(layer).exists()
+    }
+
     pub fn load(&self, layer: usize) -> Result<Option<Vec<Learned>>> {
         let p = self.block_path(layer);
         if !p.exists() {

@@ -3,11 +3,12 @@
 
 use anyhow::{bail, Result};
 use candle_core::{Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 
+use super::adamw::AdamW;
 use super::qblock::{forward_final, forward_train, FinalLinear, Learned, TrainLinear};
 use super::recipe::{Method, Recipe};
 use crate::nn::block::{self, Rope, LINEARS};
+use crate::nn::compute::{Compute, Precision};
 use crate::nn::hparams::HParams;
 use crate::nn::model::BlockWeights;
 
@@ -27,25 +28,11 @@ fn lora_seed(seed: u64, layer: usize, linear: usize) -> u64 {
     seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((layer as u64) << 8 | linear as u64)
 }
 
-fn adamw(vars: Vec<Var>, lr: f64, wd: f64) -> candle_core::Result<AdamW> {
-    // torch.optim.AdamW defaults besides lr and weight decay.
-    AdamW::new(
-        vars,
-        ParamsAdamW {
-            lr,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: wd,
-        },
-    )
-}
-
 fn mse(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     (a - b)?.sqr()?.mean_all()
 }
 
-fn new_linears(
+pub(crate) fn new_linears(
     r: &Recipe,
     bw: &BlockWeights,
     layer: usize,
@@ -60,26 +47,65 @@ fn new_linears(
         .collect::<candle_core::Result<Vec<_>>>()?)
 }
 
+/// PyTorch's GradScaler: dynamic loss scaling for f16 products (start 2^16, halve and skip the
+/// step on a non-finite gradient, double after 2000 clean steps).
+struct LossScaler {
+    scale: f64,
+    clean_steps: u32,
+}
+
+impl LossScaler {
+    const GROWTH_INTERVAL: u32 = 2000;
+
+    fn new() -> LossScaler {
+        LossScaler {
+            scale: 65536.0,
+            clean_steps: 0,
+        }
+    }
+
+    /// After a step's gradients: whether to apply them (with 1/scale), and the next scale.
+    fn update(&mut self, finite: bool) -> Option<f64> {
+        let used = self.scale;
+        if !finite {
+            self.scale *= 0.5;
+            self.clean_steps = 0;
+            return None;
+        }
+        self.clean_steps += 1;
+        if self.clean_steps == Self::GROWTH_INTERVAL {
+            self.scale *= 2.0;
+            self.clean_steps = 0;
+        }
+        Some(1.0 / used)
+    }
+}
+
 /// The two AdamW parameter groups of ApiQ: LWC logits and LoRA pairs.
-struct Optimizers {
+pub(crate) struct Optimizers {
     lwc: AdamW,
     lora: Option<AdamW>,
+    vars: Vec<Var>,
+    scaler: Option<LossScaler>,
 }
 
 impl Optimizers {
-    fn new(r: &Recipe, lwc: Vec<Var>, lora: Vec<Var>) -> Result<Optimizers> {
+    pub(crate) fn new(r: &Recipe, c: Compute, lwc: Vec<Var>, lora: Vec<Var>) -> Result<Optimizers> {
+        let vars: Vec<Var> = lwc.iter().chain(&lora).cloned().collect();
         Ok(Optimizers {
-            lwc: adamw(lwc, r.lwc_lr, r.lwc_wd)?,
+            lwc: AdamW::new(lwc, r.lwc_lr, r.lwc_wd, c.fused)?,
             lora: if lora.is_empty() {
                 None
             } else {
-                Some(adamw(lora, r.lora_lr, r.lora_wd)?)
+                Some(AdamW::new(lora, r.lora_lr, r.lora_wd, c.fused)?)
             },
+            vars,
+            scaler: (c.precision == Precision::F16).then(LossScaler::new),
         })
     }
 
     /// Backward through `loss` and one update of both groups.
-    fn step(
+    pub(crate) fn step(
         &mut self,
         loss: &Tensor,
         layer: usize,
@@ -89,10 +115,25 @@ impl Optimizers {
     ) -> Result<()> {
         let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
         check_finite(value, layer, epoch, index)?;
-        let grads = loss.backward()?;
-        self.lwc.step(&grads)?;
-        if let Some(o) = self.lora.as_mut() {
-            o.step(&grads)?;
+        let (mut grads, grad_scale) = match self.scaler.as_mut() {
+            None => (loss.backward()?, Some(1.0)),
+            Some(s) => {
+                let grads = (loss * s.scale)?.backward()?;
+                let mut total = Tensor::zeros((), candle_core::DType::F32, loss.device())?;
+                for v in &self.vars {
+                    if let Some(g) = grads.get(v.as_tensor()) {
+                        total = (total + g.sum_all()?.to_dtype(candle_core::DType::F32)?)?;
+                    }
+                }
+                let finite = total.to_scalar::<f32>()?.is_finite();
+                (grads, s.update(finite))
+            }
+        };
+        if let Some(grad_scale) = grad_scale {
+            self.lwc.step(&mut grads, grad_scale)?;
+            if let Some(o) = self.lora.as_mut() {
+                o.step(&mut grads, grad_scale)?;
+            }
         }
         obs.step(epoch, index, value);
         Ok(())
@@ -173,6 +214,7 @@ pub fn train_block(
     let linears = new_linears(r, bw, layer, with_lora)?;
     let mut opt = Optimizers::new(
         r,
+        rope.compute(),
         linears.iter().flat_map(TrainLinear::lwc_vars).collect(),
         linears.iter().flat_map(TrainLinear::lora_vars).collect(),
     )?;
@@ -247,6 +289,7 @@ pub fn train_block_lw(
         }
         let mut opt = Optimizers::new(
             r,
+            rope.compute(),
             group.iter().flat_map(|&i| linears[i].lwc_vars()).collect(),
             group.iter().flat_map(|&i| linears[i].lora_vars()).collect(),
         )?;
@@ -255,7 +298,7 @@ pub fn train_block_lw(
                 let mut loss: Option<Tensor> = None;
                 for (k, &i) in group.iter().enumerate() {
                     let l = mse(
-                        &linears[i].forward(&r.quant, &inputs[j][k])?,
+                        &linears[i].forward(&r.quant, rope.compute(), &inputs[j][k])?,
                         &targets[j][k],
                     )?;
                     loss = Some(match loss {
@@ -310,6 +353,18 @@ pub fn output_mse(
             .to_scalar::<f64>()?;
     }
     Ok(sum / q_in.len().max(1) as f64)
+}
+
+/// The block's linears by plain round-to-nearest (the RTN baseline: no clipping, no LoRA).
+pub fn rtn_linears(r: &Recipe, bw: &BlockWeights) -> Result<Vec<FinalLinear>> {
+    finalize(
+        &Recipe {
+            lora: None,
+            ..r.clone()
+        },
+        bw,
+        &rtn_learned(),
+    )
 }
 
 /// RTN learned state: nothing learned.

@@ -80,3 +80,23 @@ pub fn model(src: &ModelSource, dtype: DType, dev: &Device) -> Result<Model> {
         output,
     })
 }
+
+/// Block-0 inputs: the embeddings of each window, `[1, L, E]` each.
+pub fn embed_windows(
+    src: &ModelSource,
+    hp: &HParams,
+    windows: &[Vec<u32>],
+    dtype: DType,
+    dev: &Device,
+) -> Result<Vec<Tensor>> {
+    let embed = embedding(src, dtype, dev)?;
+    Ok(windows
+        .iter()
+        .map(|w| {
+            let ids = Tensor::from_slice(w, (1, w.len()), dev)?;
+            embed
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((1, w.len(), hp.n_embd))
+        })
+        .collect::<candle_core::Result<_>>()?)
+}

@@ -150,6 +150,7 @@ pub struct CalibratedWriter<'a> {
     blocks: Vec<Vec<SourceTensor>>,
     tied: bool,
     mapping: MappingError,
+    summary: TypeSummary,
     out: PathBuf,
 }
 
@@ -163,6 +164,65 @@ pub struct Written {
     pub peft: Option<PathBuf>,
     /// Error the format added to the calibrated weights (Q2_K and its Q4_0 fallback).
     pub mapping: MappingError,
+    /// What `OUT` holds, by type.
+    pub summary: TypeSummary,
+}
+
+/// What a file holds by type: the run-time summary of what a format really wrote.
+#[derive(Debug, Clone, Default)]
+pub struct TypeSummary {
+    /// Tensors per type name, most numerous first.
+    pub tensors: Vec<(&'static str, usize)>,
+    /// Calibrated linears per type name, most numerous first.
+    pub linears: Vec<(&'static str, usize)>,
+    pub linear_bytes: u64,
+    pub linear_weights: u64,
+    /// Elements of all tensors.
+    pub weights: u64,
+    /// The format's own type, for telling fallbacks apart.
+    pub format_type: &'static str,
+}
+
+impl TypeSummary {
+    fn of(plan: &[TensorPlan], format: Format) -> Result<TypeSummary> {
+        let mut s = TypeSummary {
+            format_type: format.ggml_type().name,
+            ..TypeSummary::default()
+        };
+        let count = |v: &mut Vec<(&'static str, usize)>, name: &'static str| match v
+            .iter_mut()
+            .find(|(n, _)| *n == name)
+        {
+            Some((_, c)) => *c += 1,
+            None => v.push((name, 1)),
+        };
+        for t in plan {
+            let n: u64 = t.ne.iter().product();
+            s.weights += n;
+            count(&mut s.tensors, t.ty.name);
+            if is_calibrated_linear(&t.name).is_some() {
+                count(&mut s.linears, t.ty.name);
+                s.linear_bytes += t.size()?;
+                s.linear_weights += n;
+            }
+        }
+        s.tensors.sort_by_key(|t| std::cmp::Reverse(t.1));
+        s.linears.sort_by_key(|t| std::cmp::Reverse(t.1));
+        Ok(s)
+    }
+
+    pub fn linear_bpw(&self) -> f64 {
+        self.linear_bytes as f64 * 8.0 / self.linear_weights.max(1) as f64
+    }
+
+    /// Calibrated linears not in the format's own type.
+    pub fn fallbacks(&self) -> Vec<(&'static str, usize)> {
+        self.linears
+            .iter()
+            .filter(|(n, _)| *n != self.format_type)
+            .copied()
+            .collect()
+    }
 }
 
 /// The type of `t` in an output of `format`: calibrated linears in the format's type (F16
@@ -239,6 +299,7 @@ impl<'a> CalibratedWriter<'a> {
             blocks,
             tied,
             mapping: MappingError::default(),
+            summary: TypeSummary::default(),
             out: out.to_path_buf(),
         };
         let mut src_kv = src.metadata();
@@ -263,6 +324,9 @@ impl<'a> CalibratedWriter<'a> {
                     ne: t.ne.clone(),
                 })
                 .collect();
+            if path == out {
+                me.summary = TypeSummary::of(&plan, format)?;
+            }
             let mut kv = src_kv.clone();
             let at = kv
                 .iter()
@@ -441,6 +505,7 @@ impl<'a> CalibratedWriter<'a> {
             modelfile,
             peft,
             mapping: self.mapping,
+            summary: self.summary,
         })
     }
 }

@@ -7,6 +7,8 @@
 
 use candle_core::{DType, Device, Result, Tensor, D};
 
+use super::causal_softmax_op::causal_softmax;
+use super::compute::{Compute, Precision};
 use super::hparams::{HParams, RopeKind};
 
 /// The seven linears of a block, in ApiQ's order, with their GGUF names.
@@ -35,11 +37,13 @@ pub struct BlockNorms {
     pub bias: [Option<Tensor>; 3],
 }
 
-/// cos/sin tables `[L, hd/2]` for positions 0..L.
+/// cos/sin tables `[L, hd/2]` for positions 0..L, and how the blocks that use them compute
+/// (f32 and candle's ops unless [`Rope::with_compute`] says otherwise).
 pub struct Rope {
     cos: Tensor,
     sin: Tensor,
     kind: RopeKind,
+    compute: Compute,
 }
 
 impl Rope {
@@ -65,7 +69,16 @@ impl Rope {
             cos: Tensor::from_vec(cos, (len, half), dev)?.to_dtype(dtype)?,
             sin: Tensor::from_vec(sin, (len, half), dev)?.to_dtype(dtype)?,
             kind: hp.rope,
+            compute: Compute::REFERENCE,
         })
+    }
+
+    pub fn with_compute(self, compute: Compute) -> Rope {
+        Rope { compute, ..self }
+    }
+
+    pub fn compute(&self) -> Compute {
+        self.compute
     }
 
     /// `x`: `[B, H, L, hd]`.
@@ -144,9 +157,7 @@ pub fn forward(
             .reshape((b, nh, l, hd))
     };
     let (k, v) = (expand(k)?, expand(v)?);
-    let scores = (q.matmul(&k.t()?.contiguous()?)? / (hd as f64).sqrt())?;
-    let scores = scores.broadcast_add(&causal_mask(l, x.dtype(), x.device())?)?;
-    let att = softmax(&scores)?.matmul(&v)?;
+    let att = attention(rope.compute, &q, &k, &v)?;
     let att = att.transpose(1, 2)?.reshape((b, l, nh * hd))?;
     let x = (x + linear(O, &att)?)?;
     let h = rms_norm(&x, &norms.ffn_norm, hp.rms_eps)?;
@@ -156,7 +167,42 @@ pub fn forward(
     x + linear(DOWN, &act)?
 }
 
-/// `x·Wᵀ` for `x` `[B, L, in]` and `W` `[out, in]`.
+/// Causal attention `softmax(q·kᵀ/√hd + mask)·v` of `[B, H, L, hd]` tensors, in `x`'s type.
+/// Narrow precisions multiply in 16 bits; the softmax arithmetic is f32 either way.
+fn attention(c: Compute, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (dtype, l, hd) = (q.dtype(), q.dim(2)?, q.dim(3)?);
+    let mm = c.precision.matmul_dtype();
+    let narrow = c.precision != Precision::F32 && dtype == DType::F32;
+    let cast = |t: &Tensor| {
+        if narrow {
+            t.to_dtype(mm)
+        } else {
+            Ok(t.clone())
+        }
+    };
+    let kt = cast(&k.t()?.contiguous()?)?;
+    let scores = cast(q)?.matmul(&kt)?;
+    let scale = 1.0 / (hd as f64).sqrt();
+    let probs = if c.fused {
+        causal_softmax(&scores, scale)?
+    } else {
+        let scores = (scores.to_dtype(dtype)? * scale)?;
+        let scores = scores.broadcast_add(&causal_mask(l, dtype, q.device())?)?;
+        cast(&softmax(&scores)?)?
+    };
+    probs.matmul(&cast(v)?)?.to_dtype(dtype)
+}
+
+/// `x·Wᵀ` for `x` `[B, L, in]` and `W` `[out, in]`. A narrower `W` (bf16/f16 fake-quantized
+/// weights) sets the operand type: `x` is rounded to it, the result returned in `x`'s type.
 pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.broadcast_matmul(&w.t()?)
+    if w.dtype() == x.dtype() {
+        return x.broadcast_matmul(&w.t()?);
+    }
+    let (b, l, n) = x.dims3()?;
+    let y = x
+        .to_dtype(w.dtype())?
+        .reshape((b * l, n))?
+        .matmul(&w.t()?)?;
+    y.to_dtype(x.dtype())?.reshape((b, l, w.dim(0)?))
 }

@@ -38,7 +38,7 @@ impl QuantSpec {
     }
 
     /// Symmetric zero point `2^(b−1) − 1` (also the divisor of absmax).
-    fn sym_zero(&self) -> f64 {
+    pub(crate) fn sym_zero(&self) -> f64 {
         f64::from((1u32 << (self.bits - 1)) - 1)
     }
 }

@@ -1,5 +1,5 @@
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 
 /// `../shared` beside the checkout: test models and text, never committed.
 pub fn shared() -> PathBuf {
@@ -51,18 +51,28 @@ pub fn run_ok(args: &[&std::ffi::OsStr]) -> String {
     String::from_utf8(out.stdout).expect("utf-8 stdout")
 }
 
+/// `MODEL OUT --quick --calib CALIB EXTRA…` as arguments.
+pub fn quick_args(
+    model: &Path,
+    out: &Path,
+    calib: &Path,
+    extra: &[&str],
+) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        model.into(),
+        out.into(),
+        "--quick".into(),
+        "--calib".into(),
+        calib.into(),
+    ];
+    args.extend(extra.iter().map(std::ffi::OsString::from));
+    args
+}
+
 /// `apiq2gguf MODEL OUT --quick --calib c4.utf8 EXTRA…`, which must succeed.
 pub fn calibrate_quick(model: &Path, out: &Path, extra: &[&str]) -> Output {
-    let calib = shared().join("data/calib/c4.utf8");
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        model.as_os_str(),
-        out.as_os_str(),
-        "--quick".as_ref(),
-        "--calib".as_ref(),
-        calib.as_os_str(),
-    ];
-    args.extend(extra.iter().map(std::ffi::OsStr::new));
-    let o = run(&args);
+    let args = quick_args(model, out, &shared().join("data/calib/c4.utf8"), extra);
+    let o = bin().args(&args).output().expect("run apiq2gguf");
     assert!(
         o.status.success(),
         "{extra:?}: {}",
@@ -128,4 +138,29 @@ pub fn copy_dir(src: &Path) -> tempfile::TempDir {
         std::fs::copy(e.path(), dir.path().join(e.file_name())).expect("copy");
     }
     dir
+}
+
+/// A tmpfs mounted at a fresh directory, unmounted on drop; `None` where mounting is not
+/// permitted (not root, or no CAP_SYS_ADMIN).
+pub struct Tmpfs(pub PathBuf, #[allow(dead_code)] tempfile::TempDir);
+
+impl Tmpfs {
+    pub fn mount(options: &str) -> Option<Tmpfs> {
+        let d = tempdir();
+        let at = d.path().join("mnt");
+        std::fs::create_dir(&at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(&at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs(at, d))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
 }

@@ -114,31 +114,6 @@ fn twenty_random_sigkills_in_a_row_then_identical_bytes() {
     eprintln!("{kills} kills, {completed} runs completed first: {log:?}");
 }
 
-/// A tmpfs mounted at a fresh directory, unmounted on drop; `None` where mounting is not
-/// permitted (not root, or no CAP_SYS_ADMIN).
-struct Tmpfs(PathBuf, #[allow(dead_code)] tempfile::TempDir);
-
-impl Tmpfs {
-    fn mount(options: &str) -> Option<Tmpfs> {
-        let d = tempdir();
-        let at = d.path().join("mnt");
-        std::fs::create_dir(&at).unwrap();
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
-            .arg(&at)
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(Tmpfs(at, d))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 fn convert_into(out: &Path, shell_prefix: &str) -> std::process::Output {
     let cmd = format!("{shell_prefix} exec \"$0\" --quiet \"$1\" \"$2\" --type f32",);
     Command::new("sh")

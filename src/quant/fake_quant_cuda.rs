@@ -1,0 +1,131 @@
+//! Launchers of `fake_quant.cu` (the reference is the CPU code of `fake_quant_op`).
+#![allow(unsafe_code)]
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{
+    CudaSlice, CudaView, DeviceRepr, LaunchConfig, PushKernelArg,
+};
+use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice, WrapErr};
+use candle_core::{DType, Layout, Result};
+use half::{bf16, f16};
+
+use super::fake_quant_op::QParams;
+use crate::cuda::{fatbin, function, Fatbin};
+
+// SAFETY: plain old data, laid out as the kernels' `QParams`.
+unsafe impl DeviceRepr for QParams {}
+
+const FATBIN: Fatbin = fatbin!("fake_quant");
+/// Groups per 256-thread block: one warp each.
+const GROUPS_PER_BLOCK: u32 = 8;
+
+fn view<'a, T>(s: &'a CudaSlice<T>, l: &Layout) -> Result<CudaView<'a, T>> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(s.slice(a..b)),
+        None => candle_core::bail!("fake_quant: inputs must be contiguous"),
+    }
+}
+
+fn config(n_groups: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: ((n_groups as u32).div_ceil(GROUPS_PER_BLOCK), 1, 1),
+        block_dim: (32 * GROUPS_PER_BLOCK, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+pub fn forward(
+    p: &QParams,
+    (w, lw): (&CudaStorage, &Layout),
+    (g, lg): (&CudaStorage, &Layout),
+    (b, lb): (&CudaStorage, &Layout),
+    out_dtype: DType,
+) -> Result<CudaStorage> {
+    let dev = w.device().clone();
+    let (n_groups, group) = lw.shape().dims2()?;
+    let wv = view(w.as_cuda_slice::<f32>()?, lw)?;
+    let gv = view(g.as_cuda_slice::<f32>()?, lg)?;
+    let bv = view(b.as_cuda_slice::<f32>()?, lb)?;
+    let n = n_groups * group;
+    let (n_groups_arg, group_arg) = (n_groups as i64, group as i32);
+    macro_rules! launch {
+        ($t:ty, $name:literal, $variant:ident) => {{
+            let func = function(&dev, &FATBIN, $name)?;
+            // SAFETY: every element is written by the kernel.
+            let out = unsafe { dev.alloc::<$t>(n)? };
+            let stream = dev.cuda_stream();
+            let mut l = stream.launch_builder(&func);
+            l.arg(&wv)
+                .arg(&gv)
+                .arg(&bv)
+                .arg(&out)
+                .arg(&n_groups_arg)
+                .arg(&group_arg)
+                .arg(p);
+            // SAFETY: argument types and count match the kernel's signature.
+            unsafe { l.launch(config(n_groups)) }.w()?;
+            CudaStorageSlice::$variant(out)
+        }};
+    }
+    let slice = match out_dtype {
+        DType::F32 => launch!(f32, "fake_quant_fwd_f32", F32),
+        DType::BF16 => launch!(bf16, "fake_quant_fwd_bf16", BF16),
+        DType::F16 => launch!(f16, "fake_quant_fwd_f16", F16),
+        other => candle_core::bail!("fake_quant: no {other:?} output on CUDA"),
+    };
+    Ok(CudaStorage { slice, device: dev })
+}
+
+pub fn backward(
+    p: &QParams,
+    (grad, lgr): (&CudaStorage, &Layout),
+    (w, lw): (&CudaStorage, &Layout),
+    (gb, lgb): (&CudaStorage, &Layout),
+) -> Result<CudaStorage> {
+    let dev = w.device().clone();
+    let (n_groups, group) = lw.shape().dims2()?;
+    let wv = view(w.as_cuda_slice::<f32>()?, lw)?;
+    // (γ, β) interleaved, [n, 2].
+    let gbv = view(gb.as_cuda_slice::<f32>()?, lgb)?;
+    let (n_groups_arg, group_arg) = (n_groups as i64, group as i32);
+    // SAFETY: every element is written by the kernel.
+    let out = unsafe { dev.alloc::<f32>(2 * n_groups)? };
+    let stream = dev.cuda_stream();
+    let name = match grad.dtype() {
+        DType::F32 => "fake_quant_bwd_f32",
+        DType::BF16 => "fake_quant_bwd_bf16",
+        DType::F16 => "fake_quant_bwd_f16",
+        other => candle_core::bail!("fake_quant: no {other:?} gradient on CUDA"),
+    };
+    let func = function(&dev, &FATBIN, name)?;
+    let mut l = stream.launch_builder(&func);
+    macro_rules! grad_arg {
+        ($t:ty) => {
+            view(grad.as_cuda_slice::<$t>()?, lgr)?
+        };
+    }
+    let (g32, g16b, g16) = match grad.dtype() {
+        DType::F32 => (Some(grad_arg!(f32)), None, None),
+        DType::BF16 => (None, Some(grad_arg!(bf16)), None),
+        _ => (None, None, Some(grad_arg!(f16))),
+    };
+    if let Some(v) = &g32 {
+        l.arg(v);
+    } else if let Some(v) = &g16b {
+        l.arg(v);
+    } else if let Some(v) = &g16 {
+        l.arg(v);
+    }
+    l.arg(&wv)
+        .arg(&gbv)
+        .arg(&out)
+        .arg(&n_groups_arg)
+        .arg(&group_arg)
+        .arg(p);
+    // SAFETY: argument types and count match the kernel's signature.
+    unsafe { l.launch(config(n_groups)) }.w()?;
+    Ok(CudaStorage {
+        slice: CudaStorageSlice::F32(out),
+        device: dev,
+    })
+}
