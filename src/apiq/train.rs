@@ -233,7 +233,9 @@ pub fn train_block(
 
 /// ApiQ-lw for block `layer`: the linears in groups {q,k,v}, {o}, {gate,up}, {down}; each
 /// group's loss is `Σ MSE(X·Wᵀ, Xq·(Ŵq)ᵀ + LoRA(Xq))` where X is the layer's input in the FP
-/// model and Xq its input in the quantized model (earlier groups already final).
+/// model and Xq its input in the quantized model (earlier groups already final), plus with the
+/// aug loss `Σ MSE(Xq·Wᵀ, …)`: the FP layer on the quantized input, as bw's aug term is the FP
+/// block on it.
 #[allow(clippy::too_many_arguments)]
 pub fn train_block_lw(
     r: &Recipe,
@@ -274,18 +276,25 @@ pub fn train_block_lw(
                 .map(|&i| seen[i].clone().expect("every linear runs"))
                 .collect())
         };
+        let fp_outputs = |xs: &[Tensor]| -> candle_core::Result<Vec<Tensor>> {
+            group
+                .iter()
+                .zip(xs)
+                .map(|(&i, x)| block::matmul_t(x, &bw.w[i]))
+                .collect()
+        };
         let mut targets = Vec::with_capacity(fp_in.len());
+        let mut targets_aug = Vec::with_capacity(fp_in.len());
         let mut inputs = Vec::with_capacity(q_in.len());
         for (xf, xq) in fp_in.iter().zip(q_in) {
-            let xs = capture(xf, false)?;
-            targets.push(
-                group
-                    .iter()
-                    .zip(&xs)
-                    .map(|(&i, x)| block::matmul_t(x, &bw.w[i]))
-                    .collect::<candle_core::Result<Vec<_>>>()?,
-            );
-            inputs.push(capture(xq, true)?);
+            targets.push(fp_outputs(&capture(xf, false)?)?);
+            let xs = capture(xq, true)?;
+            if r.aug_loss {
+                // The aug loss of the released recipe, per layer: the FP layer on the
+                // quantized model's input is a second target.
+                targets_aug.push(fp_outputs(&xs)?);
+            }
+            inputs.push(xs);
         }
         let mut opt = Optimizers::new(
             r,
@@ -297,10 +306,11 @@ pub fn train_block_lw(
             for j in 0..inputs.len() {
                 let mut loss: Option<Tensor> = None;
                 for (k, &i) in group.iter().enumerate() {
-                    let l = mse(
-                        &linears[i].forward(&r.quant, rope.compute(), &inputs[j][k])?,
-                        &targets[j][k],
-                    )?;
+                    let out = linears[i].forward(&r.quant, rope.compute(), &inputs[j][k])?;
+                    let mut l = mse(&out, &targets[j][k])?;
+                    if let Some(t2) = targets_aug.get(j) {
+                        l = (l + mse(&out, &t2[k])?)?;
+                    }
                     loss = Some(match loss {
                         Some(acc) => (acc + l)?,
                         None => l,

@@ -112,6 +112,30 @@ fn apiq_beats_lwc_only_and_rtn_block_by_block_and_in_perplexity() {
 }
 
 #[test]
+fn apiq_lw_beats_rtn_block_by_block_and_in_perplexity() {
+    let d = tempdir();
+    let out = d.path().join("lw.gguf");
+    let table = calibrate(&out, &["--method", "apiq-lw", "--format", "f16"]);
+    // block  mse_rtn  -  mse_apiq-lw
+    let rows: Vec<(f64, f64)> = table
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let v: Vec<&str> = l.split_whitespace().collect();
+            (v[1].parse().unwrap(), v[3].parse().unwrap())
+        })
+        .collect();
+    assert_eq!(rows.len(), 5, "{table}");
+    for (b, (rtn, lw)) in rows.iter().enumerate() {
+        assert!(lw < rtn, "block {b}: ApiQ-lw {lw} < RTN {rtn} fails");
+    }
+    let rtn = d.path().join("rtn.gguf");
+    calibrate(&rtn, &["--method", "rtn", "--format", "f16"]);
+    let (p_rtn, p_lw) = (ppl(&rtn, None), ppl(&out, Some(&lora_of(&out))));
+    assert!(p_lw < p_rtn, "ApiQ-lw+LoRA PPL {p_lw} vs RTN {p_rtn}");
+}
+
+#[test]
 fn same_seed_same_bytes_and_kill_resume_is_identical() {
     let d = tempdir();
     let a = d.path().join("a.gguf");
