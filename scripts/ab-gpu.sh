@@ -10,9 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 . scripts/gpu-env.sh
 bin=$1 model=$2 data=$3 work=$4 layer=${5:-3} epochs=${6:-5}
-if [[ $bin == *.gz ]]; then
-  gunzip -c "$bin" > /tmp/apiq2gguf && chmod +x /tmp/apiq2gguf && bin=/tmp/apiq2gguf
-fi
+bin=$(gpu_bin "$bin") || exit 1
 mkdir -p "$work"
 for p in bf16 f32; do
   "$bin" trace-block "$model" "$work" --layer "$layer" --device cuda --precision $p \

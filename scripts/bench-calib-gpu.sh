@@ -15,9 +15,7 @@ cd "$(dirname "$0")/.."
 . scripts/gpu-env.sh
 bin=${1:?usage: scripts/bench-calib-gpu.sh BIN [STEPS]}
 steps=${2:-20}
-if [[ $bin == *.gz ]]; then
-  gunzip -c "$bin" > /tmp/apiq2gguf && chmod +x /tmp/apiq2gguf && bin=/tmp/apiq2gguf
-fi
+bin=$(gpu_bin "$bin") || exit 1
 now() { date +%s.%N; }
 export CUDA_CACHE_PATH=$(mktemp -d)
 startup=()

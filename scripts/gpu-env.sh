@@ -2,3 +2,14 @@
 # driver's libcuda on the loader path for a `--features cuda` build of apiq2gguf.
 nv=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]) if hasattr(nvidia, "__path__") else "")' 2>/dev/null)/nvidia
 export LD_LIBRARY_PATH="$nv/cu13/lib:/usr/local/nvidia/lib64:/usr/local/nvidia/lib:${LD_LIBRARY_PATH:-}"
+
+# `bin=$(gpu_bin BIN)`: BIN itself, or for a gzip-compressed BIN.gz the binary unpacked into
+# .cache/gpu/ of the repository (the current directory).
+gpu_bin() {
+  if [[ $1 == *.gz ]]; then
+    mkdir -p .cache/gpu && gunzip -c "$1" > .cache/gpu/apiq2gguf && chmod +x .cache/gpu/apiq2gguf
+    echo .cache/gpu/apiq2gguf
+  else
+    echo "$1"
+  fi
+}

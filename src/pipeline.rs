@@ -110,12 +110,12 @@ pub fn calibrate(
         "fused_kernels": a.compute.fused,
     }))?;
     let state = State::open(&a.out, &fingerprint)?;
+    let state_dir = crate::apiq::state::dir_for(&a.out);
     let note = |saved: usize| {
-        let dir = crate::apiq::state::dir_for(&a.out);
         crate::atomic::set_interrupt_note(Some(format!(
             "interrupted: {saved} of {} blocks saved in {}; run the same command again to resume",
             hp.n_layer,
-            dir.display()
+            state_dir.display()
         )));
     };
     note((0..hp.n_layer).take_while(|&l| state.has(l)).count());

@@ -91,39 +91,28 @@ pub fn backward(
     // SAFETY: every element is written by the kernel.
     let out = unsafe { dev.alloc::<f32>(2 * n_groups)? };
     let stream = dev.cuda_stream();
-    let name = match grad.dtype() {
-        DType::F32 => "fake_quant_bwd_f32",
-        DType::BF16 => "fake_quant_bwd_bf16",
-        DType::F16 => "fake_quant_bwd_f16",
+    macro_rules! launch {
+        ($t:ty, $name:literal) => {{
+            let func = function(&dev, &FATBIN, $name)?;
+            let gv = view(grad.as_cuda_slice::<$t>()?, lgr)?;
+            let mut l = stream.launch_builder(&func);
+            l.arg(&gv)
+                .arg(&wv)
+                .arg(&gbv)
+                .arg(&out)
+                .arg(&n_groups_arg)
+                .arg(&group_arg)
+                .arg(p);
+            // SAFETY: argument types and count match the kernel's signature.
+            unsafe { l.launch(config(n_groups)) }.w()?;
+        }};
+    }
+    match grad.dtype() {
+        DType::F32 => launch!(f32, "fake_quant_bwd_f32"),
+        DType::BF16 => launch!(bf16, "fake_quant_bwd_bf16"),
+        DType::F16 => launch!(f16, "fake_quant_bwd_f16"),
         other => candle_core::bail!("fake_quant: no {other:?} gradient on CUDA"),
-    };
-    let func = function(&dev, &FATBIN, name)?;
-    let mut l = stream.launch_builder(&func);
-    macro_rules! grad_arg {
-        ($t:ty) => {
-            view(grad.as_cuda_slice::<$t>()?, lgr)?
-        };
     }
-    let (g32, g16b, g16) = match grad.dtype() {
-        DType::F32 => (Some(grad_arg!(f32)), None, None),
-        DType::BF16 => (None, Some(grad_arg!(bf16)), None),
-        _ => (None, None, Some(grad_arg!(f16))),
-    };
-    if let Some(v) = &g32 {
-        l.arg(v);
-    } else if let Some(v) = &g16b {
-        l.arg(v);
-    } else if let Some(v) = &g16 {
-        l.arg(v);
-    }
-    l.arg(&wv)
-        .arg(&gbv)
-        .arg(&out)
-        .arg(&n_groups_arg)
-        .arg(&group_arg)
-        .arg(p);
-    // SAFETY: argument types and count match the kernel's signature.
-    unsafe { l.launch(config(n_groups)) }.w()?;
     Ok(CudaStorage {
         slice: CudaStorageSlice::F32(out),
         device: dev,

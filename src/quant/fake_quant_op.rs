@@ -288,6 +288,24 @@ pub(crate) struct FakeQuant {
     pub out_dtype: DType,
 }
 
+impl FakeQuant {
+    /// The CPU forward in the weight's arithmetic type, stored as `out_dtype`.
+    fn reference<T: Real>(
+        &self,
+        (w, lw): (&[T], &Layout),
+        (g, lg): (&[T], &Layout),
+        (b, lb): (&[T], &Layout),
+    ) -> Result<CpuStorage> {
+        let out = forward(
+            &self.spec,
+            contiguous(w, lw, "w")?,
+            contiguous(g, lg, "γ")?,
+            contiguous(b, lb, "β")?,
+        );
+        store(out, self.out_dtype)
+    }
+}
+
 impl CustomOp3 for FakeQuant {
     fn name(&self) -> &'static str {
         "apiq-fake-quant"
@@ -303,24 +321,12 @@ impl CustomOp3 for FakeQuant {
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let out = match (w, g, b) {
-            (CpuStorage::F32(w), CpuStorage::F32(g), CpuStorage::F32(b)) => store(
-                forward(
-                    &self.spec,
-                    contiguous(w, lw, "w")?,
-                    contiguous(g, lg, "γ")?,
-                    contiguous(b, lb, "β")?,
-                ),
-                self.out_dtype,
-            )?,
-            (CpuStorage::F64(w), CpuStorage::F64(g), CpuStorage::F64(b)) => store(
-                forward(
-                    &self.spec,
-                    contiguous(w, lw, "w")?,
-                    contiguous(g, lg, "γ")?,
-                    contiguous(b, lb, "β")?,
-                ),
-                self.out_dtype,
-            )?,
+            (CpuStorage::F32(w), CpuStorage::F32(g), CpuStorage::F32(b)) => {
+                self.reference((w, lw), (g, lg), (b, lb))?
+            }
+            (CpuStorage::F64(w), CpuStorage::F64(g), CpuStorage::F64(b)) => {
+                self.reference((w, lw), (g, lg), (b, lb))?
+            }
             _ => candle_core::bail!("fake_quant: w, γ, β must all be f32 or all f64"),
         };
         Ok((out, lw.shape().clone()))
@@ -366,6 +372,15 @@ struct FakeQuantGrad {
     spec: QuantSpec,
 }
 
+impl FakeQuantGrad {
+    /// The CPU backward; `gb` holds (γ, β) interleaved.
+    fn reference<T: Real>(&self, grad: &[f64], w: &[T], gb: &[T]) -> Vec<T> {
+        let g: Vec<T> = gb.iter().step_by(2).copied().collect();
+        let b: Vec<T> = gb.iter().skip(1).step_by(2).copied().collect();
+        backward(&self.spec, grad, w, &g, &b)
+    }
+}
+
 impl CustomOp3 for FakeQuantGrad {
     fn name(&self) -> &'static str {
         "apiq-fake-quant-grad"
@@ -382,23 +397,17 @@ impl CustomOp3 for FakeQuantGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let grad = as_f64(grad, lgr)?;
         let n = lgb.shape().dims()[0];
-        let split = |v: Vec<f64>| -> (Vec<f64>, Vec<f64>) {
-            (
-                v.iter().step_by(2).copied().collect(),
-                v.iter().skip(1).step_by(2).copied().collect(),
-            )
-        };
         let out = match (w, gb) {
-            (CpuStorage::F32(w), CpuStorage::F32(gb)) => {
-                let gb = contiguous(gb, lgb, "γβ")?;
-                let g: Vec<f32> = gb.iter().step_by(2).copied().collect();
-                let b: Vec<f32> = gb.iter().skip(1).step_by(2).copied().collect();
-                CpuStorage::F32(backward(&self.spec, &grad, contiguous(w, lw, "w")?, &g, &b))
-            }
-            (CpuStorage::F64(w), CpuStorage::F64(gb)) => {
-                let (g, b) = split(contiguous(gb, lgb, "γβ")?.to_vec());
-                CpuStorage::F64(backward(&self.spec, &grad, contiguous(w, lw, "w")?, &g, &b))
-            }
+            (CpuStorage::F32(w), CpuStorage::F32(gb)) => CpuStorage::F32(self.reference(
+                &grad,
+                contiguous(w, lw, "w")?,
+                contiguous(gb, lgb, "γβ")?,
+            )),
+            (CpuStorage::F64(w), CpuStorage::F64(gb)) => CpuStorage::F64(self.reference(
+                &grad,
+                contiguous(w, lw, "w")?,
+                contiguous(gb, lgb, "γβ")?,
+            )),
             _ => candle_core::bail!("fake_quant grad: w and γβ must both be f32 or f64"),
         };
         Ok((out, Shape::from((n, 2))))
