@@ -25,10 +25,11 @@ const LIBS: [(&str, &str); 4] = [
 ];
 
 /// Our CUDA kernels (feature `cuda`), each compiled to `OUT_DIR/cuda/NAME.fatbin`.
-const CUDA_SOURCES: [&str; 3] = [
+const CUDA_SOURCES: [&str; 4] = [
     "src/quant/fake_quant.cu",
     "src/nn/causal_softmax.cu",
     "src/apiq/adamw.cu",
+    "src/apiq/step_ops.cu",
 ];
 
 fn main() {

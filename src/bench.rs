@@ -7,9 +7,9 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
-use crate::apiq::qblock::{forward_train, TrainLinear};
+use crate::apiq::qblock::TrainLinear;
 use crate::apiq::recipe::Recipe;
-use crate::apiq::train::Optimizers;
+use crate::apiq::train::{bw_step, Optimizers, StepAt};
 use crate::nn::block::{BlockNorms, Rope};
 use crate::nn::compute::Compute;
 use crate::nn::hparams::{HParams, RopeKind};
@@ -80,7 +80,7 @@ pub struct StepTiming {
 }
 
 /// Times `steps` training steps after `warmup` untimed ones: the calibration's own step
-/// (`Optimizers`, `forward_train`) computing as `c` says.
+/// (`Optimizers`, `bw_step`) computing as `c` says.
 pub fn train_step(
     hp: &HParams,
     seqlen: usize,
@@ -106,9 +106,24 @@ pub fn train_step(
         linears.iter().flat_map(TrainLinear::lora_vars).collect(),
     )?;
     let mut step = |i: usize| -> Result<()> {
-        let y = forward_train(hp, &rope, &norms, &recipe.quant, &linears, &x)?;
-        let loss = ((&y - &t1)?.sqr()?.mean_all()? + (&y - &t2)?.sqr()?.mean_all()?)?;
-        opt.step(&loss, 0, 0, i, &mut |_, _, _| {})
+        let at = StepAt {
+            layer: 0,
+            epoch: 0,
+            index: i,
+        };
+        let targets = [&t1, &t2];
+        bw_step(
+            hp,
+            &rope,
+            &norms,
+            &recipe.quant,
+            &linears,
+            &x,
+            &targets,
+            &mut opt,
+            at,
+            &mut |_, _, _| {},
+        )
     };
     for i in 0..warmup {
         step(i)?;

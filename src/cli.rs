@@ -115,8 +115,9 @@ pub struct CalibCli {
     /// (as the released code's fp16 autocast).
     #[arg(long, value_enum, help_heading = "Calibration")]
     pub precision: Option<Precision>,
-    /// Kernels on CUDA: fused (ours: the LWC quantizer, the causal softmax and AdamW in one pass
-    /// each) or candle (candle's ops, the reference). The CPU always runs candle's.
+    /// Kernels on CUDA: fused (ours: the block's backward written out; the LWC quantizer,
+    /// causal softmax, RMSNorm, RoPE, SwiGLU, loss and AdamW in one pass each) or candle
+    /// (candle's ops and autograd, the reference). The CPU always runs candle's.
     #[arg(long, value_enum, default_value_t = Kernels::Fused, help_heading = "Calibration")]
     pub kernels: Kernels,
     /// Also train an LWC-only copy of every block on the same inputs, for the closing table.

@@ -34,10 +34,10 @@ fn rel(a: &Tensor, reference: &Tensor) -> Result<f64> {
     Ok(if den == 0.0 { num } else { num / den })
 }
 
-fn spec(bits: u32, symmetric: bool) -> QuantSpec {
+fn spec(bits: u32, symmetric: bool, group_size: usize) -> QuantSpec {
     QuantSpec {
         bits,
-        group_size: 64,
+        group_size,
         symmetric,
         zero_range: None,
     }
@@ -48,16 +48,26 @@ fn logits(n: usize, dev: &Device) -> Result<Var> {
 }
 
 fn check_fake_quant(dev: &Device, out: &mut Vec<Check>) -> Result<()> {
-    for (bits, sym) in [(2, false), (3, false), (4, false), (2, true)] {
-        let s = spec(bits, sym);
+    // Groups of 32, 64 and 128 run the eight-lanes kernels, 16 the one-warp kernels.
+    let cases = [
+        (2, false, 64),
+        (3, false, 64),
+        (4, false, 64),
+        (2, true, 64),
+        (2, false, 32),
+        (2, false, 128),
+        (3, true, 16),
+    ];
+    for (bits, sym, group) in cases {
+        let s = spec(bits, sym, group);
         // 4096 × 11008 weights: a 7B down projection's size, rows of several groups.
         let w = (Tensor::randn(0f32, 1.0, (4096, 11008), dev)? * 0.02)?;
-        let gw = GroupedWeight::new(&w, 64)?;
+        let gw = GroupedWeight::new(&w, group)?;
         let (g, b) = (logits(gw.n_groups(), dev)?, logits(gw.n_groups(), dev)?);
         let up = Tensor::randn(0f32, 1.0, (4096, 11008), dev)?;
         let reference = fake_quant(&s, &gw, g.as_tensor(), b.as_tensor())?;
         let fused = fake_quant_fused(&s, &gw, g.as_tensor(), b.as_tensor(), DType::F32)?;
-        let name = format!("{bits}-bit{}", if sym { " sym" } else { "" });
+        let name = format!("{bits}-bit g{group}{}", if sym { " sym" } else { "" });
         out.push(Check {
             what: format!("fake-quant fwd f32 {name}"),
             rel: rel(&fused, &reference)?,
@@ -112,7 +122,7 @@ fn composed_softmax(x: &Tensor, scale: f64) -> Result<Tensor> {
 }
 
 fn check_softmax(dev: &Device, out: &mut Vec<Check>) -> Result<()> {
-    for l in [77, 1024, 2048] {
+    for l in [40, 77, 1024, 2048] {
         let x = Var::from_tensor(&(Tensor::randn(0f32, 1.0, (1, 8, l, l), dev)? * 4.0)?)?;
         let up = Tensor::randn(0f32, 1.0, (1, 8, l, l), dev)?;
         let scale = 1.0 / 128f64.sqrt();
@@ -200,6 +210,165 @@ fn check_block(dev: &Device, out: &mut Vec<Check>) -> Result<()> {
     Ok(())
 }
 
+/// The written-out block backward (`apiq::step`, what the fused path trains with) against
+/// candle's autograd in f32, at each precision: gradients of the clipping logits and of the
+/// LoRA pairs (B non-zero, logits random, so every term is exercised).
+fn check_block_grads(dev: &Device, out: &mut Vec<Check>) -> Result<()> {
+    let hp = crate::bench::shape("smollm2-135m")?;
+    let e = hp.n_embd;
+    let recipe = crate::apiq::recipe::Recipe::default();
+    let s = recipe.quant;
+    let (linears, norms) = crate::bench::random_block(&hp, &recipe, dev)?;
+    for lin in &linears {
+        if let Some((gw, lwc)) = &lin.quant {
+            lwc.gamma.set(logits(gw.n_groups(), dev)?.as_tensor())?;
+            lwc.beta.set(logits(gw.n_groups(), dev)?.as_tensor())?;
+        }
+        if let Some(lo) = &lin.lora {
+            let b = lo.b.as_tensor();
+            lo.b.set(&Tensor::randn(0f32, 0.02, b.dims(), dev)?)?;
+        }
+    }
+    let l = 512;
+    let x = Tensor::randn(0f32, 1.0, (1, l, e), dev)?;
+    let t1 = Tensor::randn(0f32, 1.0, (1, l, e), dev)?;
+    let t2 = Tensor::randn(0f32, 1.0, (1, l, e), dev)?;
+    let rope = Rope::new(&hp, l, DType::F32, dev)?;
+    let y = crate::apiq::qblock::forward_train(&hp, &rope, &norms, &s, &linears, &x)?;
+    let loss = ((&y - &t1)?.sqr()?.mean_all()? + (&y - &t2)?.sqr()?.mean_all()?)?;
+    let reference = loss.backward()?;
+    let lwc: Vec<Var> = linears.iter().flat_map(|l| l.lwc_vars()).collect();
+    let lora: Vec<Var> = linears.iter().flat_map(|l| l.lora_vars()).collect();
+    let all = |g: &candle_core::backprop::GradStore, vars: &[Var], scale: f64| -> Result<Tensor> {
+        let parts = vars
+            .iter()
+            .map(|v| match g.get(v.as_tensor()) {
+                Some(t) => Ok((t.flatten_all()? / scale)?),
+                None => bail!("no gradient for a trained tensor"),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(&parts, 0)?)
+    };
+    for (p, bound) in [
+        (Precision::F32, 1e-4),
+        (Precision::Bf16, 2e-2),
+        (Precision::F16, 5e-3),
+    ] {
+        let rope = Rope::new(&hp, l, DType::F32, dev)?.with_compute(Compute {
+            precision: p,
+            fused: true,
+        });
+        let scale = if p == Precision::F16 { 1024.0 } else { 1.0 };
+        let (_, g) = crate::apiq::step::loss_and_grads(
+            &hp,
+            &rope,
+            &norms,
+            &s,
+            &linears,
+            &x,
+            &[&t1, &t2],
+            scale,
+        )?;
+        for (what, vars) in [("clipping logits", &lwc), ("LoRA pairs", &lora)] {
+            out.push(Check {
+                what: format!("block backward {} written out: {what}", p.name()),
+                rel: rel(&all(&g, vars, scale)?, &all(&reference, vars, 1.0)?)?,
+                bound,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The passes of the written-out step (`step_ops.cu`) against their candle compositions, in f32
+/// and with bf16 parts, on a GQA shape (9 query heads, 3 kv heads) with both RoPE layouts.
+fn check_step_ops(dev: &Device, out: &mut Vec<Check>) -> Result<()> {
+    use crate::apiq::step_ops::{self as ops, reference};
+    use crate::nn::hparams::RopeKind;
+    let (b, l, nh, nkv, hd, e, ff) = (1, 512, 9, 3, 64, 576, 1536);
+    let (n, act) = (b * l, DType::F32);
+    let f32s = |shape: &[usize]| Tensor::randn(0f32, 1.0, shape, dev);
+    for (ty, bound) in [(DType::F32, 1e-5), (DType::BF16, 1e-2)] {
+        let t = |shape: &[usize]| -> Result<Tensor> { Ok(f32s(shape)?.to_dtype(ty)?) };
+        let mut push = |what: &str, a: &Tensor, r: &Tensor| -> Result<()> {
+            out.push(Check {
+                what: format!("step op {what} {ty:?}"),
+                rel: rel(a, r)?,
+                bound,
+            });
+            Ok(())
+        };
+        for kind in [RopeKind::Norm, RopeKind::Neox] {
+            let mut hp = crate::bench::shape("smollm2-135m")?;
+            hp.rope = kind;
+            let rope = Rope::new(&hp, l, DType::F32, dev)?;
+            let x = [t(&[n, nh * hd])?, t(&[n, nh * hd])?];
+            let bias = f32s(&[nh * hd])?;
+            let dims = (b, l, nh, hd);
+            push(
+                &format!("heads+bias+RoPE {kind:?}"),
+                &ops::heads(&x, Some(&bias), Some(&rope), dims, act)?,
+                &reference::heads(&x, Some(&bias), Some(&rope), dims, act)?,
+            )?;
+            let d = t(&[b, nh, l, hd])?;
+            push(
+                &format!("unheads GQA+inverse RoPE {kind:?}"),
+                &ops::unheads(&d, Some(&rope), nh / nkv, act)?,
+                &reference::unheads(&d, Some(&rope), nh / nkv, act)?,
+            )?;
+        }
+        let x1 = [t(&[n, nkv * hd])?];
+        push(
+            "heads plain",
+            &ops::heads(&x1, None, None, (b, l, nkv, hd), act)?,
+            &reference::heads(&x1, None, None, (b, l, nkv, hd), act)?,
+        )?;
+        let x = f32s(&[n, e])?;
+        let w = f32s(&[e])?.affine(0.1, 1.0)?;
+        let add = [t(&[n, e])?, t(&[n, e])?];
+        for parts in [0, 2] {
+            let a = ops::rms_norm(&x, &add[..parts], &w, 1e-5, ty)?;
+            let r = reference::rms_norm(&x, &add[..parts], &w, 1e-5, ty)?;
+            push(&format!("rms_norm +{parts} parts: x2"), &a.0, &r.0)?;
+            push(&format!("rms_norm +{parts} parts: h"), &a.1, &r.1)?;
+            push(&format!("rms_norm +{parts} parts: rstd"), &a.2, &r.2)?;
+        }
+        let (x2, _, rstd) = reference::rms_norm(&x, &add, &w, 1e-5, ty)?;
+        let dh = [t(&[n, e])?, t(&[n, e])?, t(&[n, e])?, t(&[n, e])?];
+        let dres = f32s(&[n, e])?;
+        let a = ops::rms_norm_backward(&x2, &rstd, &w, &dh, &dres)?;
+        let r = reference::rms_norm_backward(&x2, &rstd, &w, &dh, &dres)?;
+        push("rms_norm backward (4 parts)", &a.0, &r.0)?;
+        push("rms_norm backward, operand type", &a.1, &r.1)?;
+        let g = [t(&[n, ff])?, t(&[n, ff])?];
+        let u = [t(&[n, ff])?, t(&[n, ff])?];
+        let da = [t(&[n, ff])?, t(&[n, ff])?];
+        push(
+            "swiglu",
+            &ops::swiglu(&g, &u, act)?,
+            &reference::swiglu(&g, &u, act)?,
+        )?;
+        let a = ops::swiglu_backward(&g, &u, &da, act)?;
+        let r = reference::swiglu_backward(&g, &u, &da, act)?;
+        push("swiglu backward: dg", &a.0, &r.0)?;
+        push("swiglu backward: du", &a.1, &r.1)?;
+        let (t1, t2) = (f32s(&[n, e])?, f32s(&[n, e])?);
+        for targets in [vec![&t1], vec![&t1, &t2]] {
+            let a = ops::residual_mse(&x2, &add, &targets, 0.37)?;
+            let r = reference::residual_mse(&x2, &add, &targets, 0.37)?;
+            let k = targets.len();
+            push(&format!("residual+MSE {k} targets: loss"), &a.0, &r.0)?;
+            push(&format!("residual+MSE {k} targets: gradient"), &a.1, &r.1)?;
+            push(
+                &format!("residual+MSE {k} targets: operand type"),
+                &a.2,
+                &r.2,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 /// Runs every check; fails when one is out of bounds.
 pub fn run(dev: &Device) -> Result<Vec<Check>> {
     if !dev.is_cuda() {
@@ -210,5 +379,7 @@ pub fn run(dev: &Device) -> Result<Vec<Check>> {
     check_softmax(dev, &mut out)?;
     check_adamw(dev, &mut out)?;
     check_block(dev, &mut out)?;
+    check_step_ops(dev, &mut out)?;
+    check_block_grads(dev, &mut out)?;
     Ok(out)
 }

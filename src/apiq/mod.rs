@@ -6,6 +6,10 @@ mod adamw_cuda;
 pub mod qblock;
 pub mod recipe;
 pub mod state;
+pub mod step;
+pub mod step_ops;
+#[cfg(feature = "cuda")]
+mod step_ops_cuda;
 pub mod train;
 
 #[cfg(test)]

@@ -2,15 +2,18 @@
 //! groups, batch 1, windows in fixed order, `epochs` passes (apiq.md §3.1, §3.2).
 
 use anyhow::{bail, Result};
-use candle_core::{Tensor, Var};
+use candle_core::backprop::GradStore;
+use candle_core::{DType, Tensor, Var};
 
 use super::adamw::AdamW;
 use super::qblock::{forward_final, forward_train, FinalLinear, Learned, TrainLinear};
 use super::recipe::{Method, Recipe};
-use crate::nn::block::{self, Rope, LINEARS};
+use super::step;
+use crate::nn::block::{self, BlockNorms, Rope, LINEARS};
 use crate::nn::compute::{Compute, Precision};
 use crate::nn::hparams::HParams;
 use crate::nn::model::BlockWeights;
+use crate::quant::QuantSpec;
 
 /// What the caller sees of training progress.
 pub trait StepObserver {
@@ -104,7 +107,13 @@ impl Optimizers {
         })
     }
 
-    /// Backward through `loss` and one update of both groups.
+    /// The factor the loss is multiplied by before its gradients are taken (f16: the dynamic
+    /// loss scale; else 1).
+    pub(crate) fn loss_scale(&self) -> f64 {
+        self.scaler.as_ref().map_or(1.0, |s| s.scale)
+    }
+
+    /// Backward through `loss` (autograd) and one update of both groups.
     pub(crate) fn step(
         &mut self,
         loss: &Tensor,
@@ -113,20 +122,37 @@ impl Optimizers {
         index: usize,
         obs: &mut dyn StepObserver,
     ) -> Result<()> {
-        let value = loss.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let scale = self.loss_scale();
+        let grads = if scale == 1.0 {
+            loss.backward()?
+        } else {
+            (loss * scale)?.backward()?
+        };
+        self.apply(loss, grads, layer, epoch, index, obs)
+    }
+
+    /// One update of both groups from the gradients of `loss_scale() · loss`.
+    pub(crate) fn apply(
+        &mut self,
+        loss: &Tensor,
+        mut grads: GradStore,
+        layer: usize,
+        epoch: usize,
+        index: usize,
+        obs: &mut dyn StepObserver,
+    ) -> Result<()> {
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         check_finite(value, layer, epoch, index)?;
-        let (mut grads, grad_scale) = match self.scaler.as_mut() {
-            None => (loss.backward()?, Some(1.0)),
+        let grad_scale = match self.scaler.as_mut() {
+            None => Some(1.0),
             Some(s) => {
-                let grads = (loss * s.scale)?.backward()?;
-                let mut total = Tensor::zeros((), candle_core::DType::F32, loss.device())?;
+                let mut total = Tensor::zeros((), DType::F32, loss.device())?;
                 for v in &self.vars {
                     if let Some(g) = grads.get(v.as_tensor()) {
-                        total = (total + g.sum_all()?.to_dtype(candle_core::DType::F32)?)?;
+                        total = (total + g.sum_all()?.to_dtype(DType::F32)?)?;
                     }
                 }
-                let finite = total.to_scalar::<f32>()?.is_finite();
-                (grads, s.update(finite))
+                s.update(total.to_scalar::<f32>()?.is_finite())
             }
         };
         if let Some(grad_scale) = grad_scale {
@@ -138,6 +164,49 @@ impl Optimizers {
         obs.step(epoch, index, value);
         Ok(())
     }
+}
+
+/// Where one step is: block, epoch, window.
+#[derive(Clone, Copy)]
+pub(crate) struct StepAt {
+    pub layer: usize,
+    pub epoch: usize,
+    pub index: usize,
+}
+
+/// One ApiQ-bw step on window `x` towards `targets` (summed MSEs): the block's written-out
+/// backward with the fused kernels, candle's autograd otherwise.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bw_step(
+    hp: &HParams,
+    rope: &Rope,
+    norms: &BlockNorms,
+    spec: &QuantSpec,
+    linears: &[TrainLinear],
+    x: &Tensor,
+    targets: &[&Tensor],
+    opt: &mut Optimizers,
+    at: StepAt,
+    obs: &mut dyn StepObserver,
+) -> Result<()> {
+    if rope.compute().fused {
+        let (loss, grads) =
+            step::loss_and_grads(hp, rope, norms, spec, linears, x, targets, opt.loss_scale())?;
+        return opt.apply(&loss, grads, at.layer, at.epoch, at.index, obs);
+    }
+    let out = forward_train(hp, rope, norms, spec, linears, x)?;
+    let mut loss: Option<Tensor> = None;
+    for t in targets {
+        let l = mse(&out, t)?;
+        loss = Some(match loss {
+            Some(acc) => (acc + l)?,
+            None => l,
+        });
+    }
+    let Some(loss) = loss else {
+        bail!("a training step needs a target")
+    };
+    opt.step(&loss, at.layer, at.epoch, at.index, obs)
 }
 
 /// What training one block needs: its weights, the inputs of both chains and the FP targets.
@@ -220,12 +289,16 @@ pub fn train_block(
     )?;
     for epoch in 0..r.epochs {
         for (j, x) in q_in.iter().enumerate() {
-            let out = forward_train(hp, rope, &bw.norms, &r.quant, &linears, x)?;
-            let mut loss = mse(&out, &fp_out[j])?;
-            if let Some(t2) = fp_out2 {
-                loss = (loss + mse(&out, &t2[j])?)?;
-            }
-            opt.step(&loss, layer, epoch, j, obs)?;
+            let mut targets = vec![&fp_out[j]];
+            targets.extend(fp_out2.map(|t| &t[j]));
+            let at = StepAt {
+                layer,
+                epoch,
+                index: j,
+            };
+            bw_step(
+                hp, rope, &bw.norms, &r.quant, &linears, x, &targets, &mut opt, at, obs,
+            )?;
         }
     }
     linears.iter().map(|l| Ok(Learned::of(l)?)).collect()
@@ -358,9 +431,7 @@ pub fn output_mse(
     let mut sum = 0.0;
     for (x, t) in q_in.iter().zip(fp_out) {
         let y = forward_final(hp, rope, &bw.norms, linears, x)?;
-        sum += mse(&y, t)?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
+        sum += mse(&y, t)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     }
     Ok(sum / q_in.len().max(1) as f64)
 }

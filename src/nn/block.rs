@@ -81,11 +81,27 @@ impl Rope {
         self.compute
     }
 
+    /// cos and sin `[len, hd/2]` of positions `0..len`, and which pairs rotate.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn tables(&self, len: usize) -> Result<(Tensor, Tensor, RopeKind)> {
+        Ok((
+            self.cos.narrow(0, 0, len)?,
+            self.sin.narrow(0, 0, len)?,
+            self.kind,
+        ))
+    }
+
     /// `x`: `[B, H, L, hd]`.
     fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        self.rotate(x, false)
+    }
+
+    /// RoPE, or with `inverse` its inverse (the rotation by −θ), which is also its backward.
+    pub(crate) fn rotate(&self, x: &Tensor, inverse: bool) -> Result<Tensor> {
         let (b, h, l, hd) = x.dims4()?;
         let cos = self.cos.narrow(0, 0, l)?;
         let sin = self.sin.narrow(0, 0, l)?;
+        let sin = if inverse { sin.neg()? } else { sin };
         match self.kind {
             RopeKind::Norm => {
                 let x = x.reshape((b, h, l, hd / 2, 2))?;

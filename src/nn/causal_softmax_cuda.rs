@@ -11,8 +11,15 @@ use crate::cuda::{fatbin, function, Fatbin};
 
 const FATBIN: Fatbin = fatbin!("causal_softmax");
 
-fn config(n_rows: usize, n: usize) -> LaunchConfig {
-    let threads = n.clamp(32, 1024).div_ceil(32) * 32;
+/// Whether the kernels holding 8 values a thread apply: rows of a multiple of 8, at most 8192
+/// long, on 16-byte boundaries.
+fn by_eight(n: usize, offsets: &[usize]) -> bool {
+    n.is_multiple_of(8) && n <= 8 * 1024 && offsets.iter().all(|o| o.is_multiple_of(8))
+}
+
+fn config(n_rows: usize, n: usize, eight: bool) -> LaunchConfig {
+    let per_thread = if eight { n / 8 } else { n };
+    let threads = per_thread.clamp(32, 1024).div_ceil(32) * 32;
     LaunchConfig {
         grid_dim: (n_rows as u32, 1, 1),
         block_dim: (threads as u32, 1, 1),
@@ -37,10 +44,12 @@ pub fn forward(
     scale: f32,
 ) -> Result<CudaStorage> {
     let dev = x.device().clone();
+    let eight = by_eight(n, &[offset]);
+    let kind = if eight { "fwd8" } else { "fwd" };
     let func = function(
         &dev,
         &FATBIN,
-        &format!("causal_softmax_fwd_{}", suffix(x.dtype())?),
+        &format!("causal_softmax_{kind}_{}", suffix(x.dtype())?),
     )?;
     let len = n_rows * n;
     let n_arg = n as i32;
@@ -53,7 +62,7 @@ pub fn forward(
             let mut l = stream.launch_builder(&func);
             l.arg(&xv).arg(&y).arg(&n_arg).arg(&scale);
             // SAFETY: argument types and count match the kernel's signature.
-            unsafe { l.launch(config(n_rows, n)) }.w()?;
+            unsafe { l.launch(config(n_rows, n, eight)) }.w()?;
             CudaStorageSlice::$variant(y)
         }};
     }
@@ -78,10 +87,12 @@ pub fn backward(
         candle_core::bail!("causal_softmax: output and gradient types differ");
     }
     let dev = y.device().clone();
+    let eight = by_eight(n, &[y_offset, g_offset]);
+    let kind = if eight { "bwd8" } else { "bwd" };
     let func = function(
         &dev,
         &FATBIN,
-        &format!("causal_softmax_bwd_{}", suffix(y.dtype())?),
+        &format!("causal_softmax_{kind}_{}", suffix(y.dtype())?),
     )?;
     let len = n_rows * n;
     let n_arg = n as i32;
@@ -95,7 +106,7 @@ pub fn backward(
             let mut l = stream.launch_builder(&func);
             l.arg(&yv).arg(&gv).arg(&dx).arg(&n_arg).arg(&scale);
             // SAFETY: argument types and count match the kernel's signature.
-            unsafe { l.launch(config(n_rows, n)) }.w()?;
+            unsafe { l.launch(config(n_rows, n, eight)) }.w()?;
             CudaStorageSlice::$variant(dx)
         }};
     }

@@ -11,6 +11,13 @@ pub fn causal_softmax(x: &Tensor, scale: f64) -> Result<Tensor> {
     x.contiguous()?.apply_op1(CausalSoftmax { scale })
 }
 
+/// The gradient of the scores from the probabilities `y` of [`causal_softmax`] and their
+/// gradient `g` (same shape), in `y`'s type.
+pub fn causal_softmax_grad(y: &Tensor, g: &Tensor, scale: f64) -> Result<Tensor> {
+    y.contiguous()?
+        .apply_op2_no_bwd(&g.contiguous()?, &CausalSoftmaxGrad { scale })
+}
+
 fn rows(l: &Layout) -> Result<(usize, usize, usize)> {
     let dims = l.shape().dims();
     let n = dims[dims.len() - 1];
@@ -93,11 +100,7 @@ impl CustomOp1 for CausalSoftmax {
     }
 
     fn bwd(&self, _x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let grad = grad.contiguous()?;
-        Ok(Some(y.apply_op2_no_bwd(
-            &grad,
-            &CausalSoftmaxGrad { scale: self.scale },
-        )?))
+        Ok(Some(causal_softmax_grad(y, grad, self.scale)?))
     }
 }
 

@@ -105,6 +105,9 @@ __device__ void fake_quant_fwd(const float* __restrict__ w, const float* __restr
   }
 }
 
+__device__ __forceinline__ void logit_grads(const QParams& p, const GroupScale& g, float acc,
+                                            float xmax, float xmin, float* out);
+
 // grad: [n_groups, G] (dL/dŵ); gb: [n_groups, 2] = (γ, β); out: [n_groups, 2] = (dL/dγ, dL/dβ).
 // dŵ/ds is round(u) − u inside the clamp (u = x/s) and q − z outside it (PyTorch's clamp passes
 // the gradient on the inclusive range); ds/dγ and ds/dβ are zero where s hit its own clamp.
@@ -130,6 +133,12 @@ __device__ void fake_quant_bwd(const T* __restrict__ grad, const float* __restri
   }
   acc = warp_sum(acc);
   if (lane != 0) return;
+  logit_grads(p, g, acc, xmax, xmin, out + group * 2);
+}
+
+// From Σ dL/dŵ·dŵ/ds over the group: (dL/dγ, dL/dβ) into out[0], out[1].
+__device__ __forceinline__ void logit_grads(const QParams& p, const GroupScale& g, float acc,
+                                            float xmax, float xmin, float* out) {
   float s_in = (g.s_raw >= 1e-5f && g.s_raw <= 1e4f) ? 1.0f : 0.0f;
   float ds = acc * s_in * p.inv_div;
   float dsg = g.sg * (1.0f - g.sg);
@@ -146,8 +155,94 @@ __device__ void fake_quant_bwd(const T* __restrict__ grad, const float* __restri
     dg = ds * dsg * xmax;
     db = -ds * dsb * xmin;
   }
-  out[group * 2] = dg;
-  out[group * 2 + 1] = db;
+  out[0] = dg;
+  out[1] = db;
+}
+
+// dŵ/ds of one element (see fake_quant_bwd).
+__device__ __forceinline__ float dw_ds(const QParams& p, const GroupScale& g, float x) {
+  float u = x / g.s;
+  float r = rintf(u);
+  float pre = r + g.z;
+  return (pre >= 0.0f && pre <= p.qmax) ? (r - u) : (fminf(fmaxf(pre, 0.0f), p.qmax) - g.z);
+}
+
+// The same two passes for groups of G = 8·EPL (32, 64, 128): eight lanes per group, EPL
+// consecutive values per lane held in registers, read and written in 16-byte (or 8-byte)
+// pieces, so a warp has four groups' loads in flight at once. Same arithmetic per element;
+// only the order of the backward's sum differs.
+// EPL values of T from src to dst, both 16-byte aligned (8-byte when EPL·sizeof(T) is 8).
+template <typename T, int EPL>
+__device__ __forceinline__ void copy_t(T* dst, const T* src) {
+  if constexpr ((EPL * sizeof(T)) % 16 == 0) {
+    for (int k = 0; k < (int)(EPL * sizeof(T) / 16); ++k)
+      reinterpret_cast<uint4*>(dst)[k] = reinterpret_cast<const uint4*>(src)[k];
+  } else {
+    for (int k = 0; k < (int)(EPL * sizeof(T) / 8); ++k)
+      reinterpret_cast<uint2*>(dst)[k] = reinterpret_cast<const uint2*>(src)[k];
+  }
+}
+
+template <int EPL>
+__device__ __forceinline__ void lane_extremes(const float* v, float& xmax, float& xmin) {
+  xmax = -INFINITY;
+  xmin = INFINITY;
+#pragma unroll
+  for (int k = 0; k < EPL; ++k) {
+    xmax = fmaxf(xmax, v[k]);
+    xmin = fminf(xmin, v[k]);
+  }
+  for (int o = 4; o > 0; o >>= 1) {
+    xmax = fmaxf(xmax, __shfl_xor_sync(0xffffffffu, xmax, o));
+    xmin = fminf(xmin, __shfl_xor_sync(0xffffffffu, xmin, o));
+  }
+}
+
+template <typename T, int EPL>
+__device__ void fake_quant_fwd_lanes(const float* __restrict__ w, const float* __restrict__ gamma,
+                                     const float* __restrict__ beta, T* __restrict__ out,
+                                     int64_t n_groups, QParams p) {
+  constexpr int G = 8 * EPL;
+  int64_t group = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 8;
+  bool live = group < n_groups;
+  if (!live) group = n_groups - 1;  // every lane takes part in the shuffles
+  int64_t first = group * G + (threadIdx.x % 8) * EPL;
+  __align__(16) float v[EPL];
+  copy_t<float, EPL>(v, w + first);
+  float xmax, xmin;
+  lane_extremes<EPL>(v, xmax, xmin);
+  GroupScale g = group_scale(p, xmax, xmin, gamma[group], beta[group]);
+  __align__(16) T r[EPL];
+#pragma unroll
+  for (int k = 0; k < EPL; ++k) {
+    float q = rintf(v[k] / g.s) + g.z;
+    q = fminf(fmaxf(q, 0.0f), p.qmax);
+    r[k] = from_f32<T>((q - g.z) * g.s);
+  }
+  if (live) copy_t<T, EPL>(out + first, r);
+}
+
+template <typename T, int EPL>
+__device__ void fake_quant_bwd_lanes(const T* __restrict__ grad, const float* __restrict__ w,
+                                     const float* __restrict__ gb, float* __restrict__ out,
+                                     int64_t n_groups, QParams p) {
+  constexpr int G = 8 * EPL;
+  int64_t group = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 8;
+  bool live = group < n_groups;
+  if (!live) group = n_groups - 1;
+  int64_t first = group * G + (threadIdx.x % 8) * EPL;
+  __align__(16) float v[EPL];
+  __align__(16) T gr[EPL];
+  copy_t<float, EPL>(v, w + first);
+  copy_t<T, EPL>(gr, grad + first);
+  float xmax, xmin;
+  lane_extremes<EPL>(v, xmax, xmin);
+  GroupScale g = group_scale(p, xmax, xmin, gb[group * 2], gb[group * 2 + 1]);
+  float acc = 0.0f;
+#pragma unroll
+  for (int k = 0; k < EPL; ++k) acc += to_f32(gr[k]) * dw_ds(p, g, v[k]);
+  for (int o = 4; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+  if (live && threadIdx.x % 8 == 0) logit_grads(p, g, acc, xmax, xmin, out + group * 2);
 }
 
 #define FWD(NAME, T)                                                                            \
@@ -167,3 +262,19 @@ FWD(fake_quant_fwd_f16, __half)
 BWD(fake_quant_bwd_f32, float)
 BWD(fake_quant_bwd_bf16, __nv_bfloat16)
 BWD(fake_quant_bwd_f16, __half)
+
+#define LANES(G, EPL, S, T)                                                                    \
+  extern "C" __global__ void fake_quant_fwd_g##G##_##S(const float* w, const float* gamma,    \
+                                                       const float* beta, T* out,             \
+                                                       int64_t n_groups, QParams p) {         \
+    fake_quant_fwd_lanes<T, EPL>(w, gamma, beta, out, n_groups, p);                           \
+  }                                                                                           \
+  extern "C" __global__ void fake_quant_bwd_g##G##_##S(const T* grad, const float* w,         \
+                                                       const float* gb, float* out,           \
+                                                       int64_t n_groups, QParams p) {         \
+    fake_quant_bwd_lanes<T, EPL>(grad, w, gb, out, n_groups, p);                              \
+  }
+#define LANES_ALL(S, T) LANES(32, 4, S, T) LANES(64, 8, S, T) LANES(128, 16, S, T)
+LANES_ALL(f32, float)
+LANES_ALL(bf16, __nv_bfloat16)
+LANES_ALL(f16, __half)

@@ -16,7 +16,7 @@ use crate::cuda::{fatbin, function, Fatbin};
 unsafe impl DeviceRepr for QParams {}
 
 const FATBIN: Fatbin = fatbin!("fake_quant");
-/// Groups per 256-thread block: one warp each.
+/// Groups per 256-thread block of the one-warp-per-group kernels.
 const GROUPS_PER_BLOCK: u32 = 8;
 
 fn view<'a, T>(s: &'a CudaSlice<T>, l: &Layout) -> Result<CudaView<'a, T>> {
@@ -26,10 +26,18 @@ fn view<'a, T>(s: &'a CudaSlice<T>, l: &Layout) -> Result<CudaView<'a, T>> {
     }
 }
 
-fn config(n_groups: usize) -> LaunchConfig {
+/// Whether the eight-lanes-per-group kernels apply: groups of 32, 64 or 128 starting on
+/// 16-byte boundaries.
+fn lanes_kernel(group: usize, layouts: &[&Layout]) -> bool {
+    matches!(group, 32 | 64 | 128) && layouts.iter().all(|l| l.start_offset() % 8 == 0)
+}
+
+/// One warp per group, or eight lanes per group (`lanes`), 256 threads a block.
+fn config(n_groups: usize, lanes: bool) -> LaunchConfig {
+    let per_block = if lanes { 32 } else { GROUPS_PER_BLOCK };
     LaunchConfig {
-        grid_dim: ((n_groups as u32).div_ceil(GROUPS_PER_BLOCK), 1, 1),
-        block_dim: (32 * GROUPS_PER_BLOCK, 1, 1),
+        grid_dim: ((n_groups as u32).div_ceil(per_block), 1, 1),
+        block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
     }
 }
@@ -48,29 +56,38 @@ pub fn forward(
     let bv = view(b.as_cuda_slice::<f32>()?, lb)?;
     let n = n_groups * group;
     let (n_groups_arg, group_arg) = (n_groups as i64, group as i32);
+    let lanes = lanes_kernel(group, &[lw]);
     macro_rules! launch {
-        ($t:ty, $name:literal, $variant:ident) => {{
-            let func = function(&dev, &FATBIN, $name)?;
+        ($t:ty, $suffix:literal, $variant:ident) => {{
             // SAFETY: every element is written by the kernel.
             let out = unsafe { dev.alloc::<$t>(n)? };
             let stream = dev.cuda_stream();
-            let mut l = stream.launch_builder(&func);
-            l.arg(&wv)
-                .arg(&gv)
-                .arg(&bv)
-                .arg(&out)
-                .arg(&n_groups_arg)
-                .arg(&group_arg)
-                .arg(p);
+            let func;
+            let mut l = if lanes {
+                func = function(
+                    &dev,
+                    &FATBIN,
+                    &format!("fake_quant_fwd_g{group}_{}", $suffix),
+                )?;
+                stream.launch_builder(&func)
+            } else {
+                func = function(&dev, &FATBIN, &format!("fake_quant_fwd_{}", $suffix))?;
+                stream.launch_builder(&func)
+            };
+            l.arg(&wv).arg(&gv).arg(&bv).arg(&out).arg(&n_groups_arg);
+            if !lanes {
+                l.arg(&group_arg);
+            }
+            l.arg(p);
             // SAFETY: argument types and count match the kernel's signature.
-            unsafe { l.launch(config(n_groups)) }.w()?;
+            unsafe { l.launch(config(n_groups, lanes)) }.w()?;
             CudaStorageSlice::$variant(out)
         }};
     }
     let slice = match out_dtype {
-        DType::F32 => launch!(f32, "fake_quant_fwd_f32", F32),
-        DType::BF16 => launch!(bf16, "fake_quant_fwd_bf16", BF16),
-        DType::F16 => launch!(f16, "fake_quant_fwd_f16", F16),
+        DType::F32 => launch!(f32, "f32", F32),
+        DType::BF16 => launch!(bf16, "bf16", BF16),
+        DType::F16 => launch!(f16, "f16", F16),
         other => candle_core::bail!("fake_quant: no {other:?} output on CUDA"),
     };
     Ok(CudaStorage { slice, device: dev })
@@ -91,26 +108,30 @@ pub fn backward(
     // SAFETY: every element is written by the kernel.
     let out = unsafe { dev.alloc::<f32>(2 * n_groups)? };
     let stream = dev.cuda_stream();
+    let lanes = lanes_kernel(group, &[lw, lgr]);
     macro_rules! launch {
-        ($t:ty, $name:literal) => {{
-            let func = function(&dev, &FATBIN, $name)?;
+        ($t:ty, $suffix:literal) => {{
+            let name = if lanes {
+                format!("fake_quant_bwd_g{group}_{}", $suffix)
+            } else {
+                format!("fake_quant_bwd_{}", $suffix)
+            };
+            let func = function(&dev, &FATBIN, &name)?;
             let gv = view(grad.as_cuda_slice::<$t>()?, lgr)?;
             let mut l = stream.launch_builder(&func);
-            l.arg(&gv)
-                .arg(&wv)
-                .arg(&gbv)
-                .arg(&out)
-                .arg(&n_groups_arg)
-                .arg(&group_arg)
-                .arg(p);
+            l.arg(&gv).arg(&wv).arg(&gbv).arg(&out).arg(&n_groups_arg);
+            if !lanes {
+                l.arg(&group_arg);
+            }
+            l.arg(p);
             // SAFETY: argument types and count match the kernel's signature.
-            unsafe { l.launch(config(n_groups)) }.w()?;
+            unsafe { l.launch(config(n_groups, lanes)) }.w()?;
         }};
     }
     match grad.dtype() {
-        DType::F32 => launch!(f32, "fake_quant_bwd_f32"),
-        DType::BF16 => launch!(bf16, "fake_quant_bwd_bf16"),
-        DType::F16 => launch!(f16, "fake_quant_bwd_f16"),
+        DType::F32 => launch!(f32, "f32"),
+        DType::BF16 => launch!(bf16, "bf16"),
+        DType::F16 => launch!(f16, "f16"),
         other => candle_core::bail!("fake_quant: no {other:?} gradient on CUDA"),
     }
     Ok(CudaStorage {

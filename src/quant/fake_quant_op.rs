@@ -360,11 +360,24 @@ impl CustomOp3 for FakeQuant {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let gb = Tensor::cat(&[gamma, beta], 1)?;
-        let grad = grad.reshape(w.shape())?.contiguous()?;
-        let d = grad.apply_op3_no_bwd(w, &gb, &FakeQuantGrad { spec: self.spec })?;
-        Ok((None, Some(d.narrow(1, 0, 1)?), Some(d.narrow(1, 1, 1)?)))
+        let (dg, db) = grad_logits(&self.spec, w, gamma, beta, grad)?;
+        Ok((None, Some(dg), Some(db)))
     }
+}
+
+/// The gradient of the clipping logits (γ, β) `[n, 1]` each from that of the fake-quantized
+/// weight (`[out, in]` or `[n, G]`, any float type) on grouped weights `w` `[n, G]`.
+pub fn grad_logits(
+    spec: &QuantSpec,
+    w: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    grad: &Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let gb = Tensor::cat(&[gamma, beta], 1)?;
+    let grad = grad.reshape(w.shape())?.contiguous()?;
+    let d = grad.apply_op3_no_bwd(w, &gb, &FakeQuantGrad { spec: *spec })?;
+    Ok((d.narrow(1, 0, 1)?, d.narrow(1, 1, 1)?))
 }
 
 /// Backward of [`FakeQuant`]: (dL/dŵ `[n, G]`, w `[n, G]`, (γ, β) `[n, 2]`) → `[n, 2]`.
