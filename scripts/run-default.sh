@@ -3,7 +3,8 @@
 # ApiQ's quick recipe on the CPU at 4 bits in groups of 64, stored exactly in stock Q4_1 (so
 # llama.cpp and Ollama load it), with its LoRA adapter. Then the same question answered by the
 # source model and by the quantized one, and a table of file sizes (adapter included) and
-# perplexity on held-out text (the end of the Wikipedia sample, which calibration never sees).
+# perplexity on held-out text (the end of the Wikipedia sample, which calibration never sees);
+# scripts/demo.sh does those steps for any model (a test runs it on stories260K).
 # 2 bits need more than a 135M model and the quick recipe give: see the README's quality notes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,28 +15,11 @@ cargo build --release --quiet
 mkdir -p out
 bin=target/release/apiq2gguf
 out=out/SmolLM2-135M-Instruct-apiq4.gguf
-lora=${out%.gguf}.lora.gguf
 # Calibration reads c4.utf8 and the first part of wiki.utf8 (1,200,000 bytes in all); the last
 # 300 kB of wiki.utf8 (from a line start) are the held-out text.
 heldout=out/heldout-wiki.txt
 tail -c 300000 "$calib/wiki.utf8" | tail -n +2 > "$heldout"
-$bin "$src" "$out" --quick --bits 4 --calib "$calib/c4.utf8" "$calib/wiki.utf8" --calib-max-bytes 1200000
 question="What is the capital of France?"
 prompt=$'<|im_start|>user\n'"$question"$'<|im_end|>\n<|im_start|>assistant\n'
-answer() {
-  local text
-  text=$($bin generate "$@" -n 32 -p "$prompt" 2>/dev/null)
-  text=${text#"$prompt"}
-  printf '%s' "${text%%$'\n'*}"
-}
-ppl() { $bin perplexity "$@" -f "$heldout" -c 512 --chunks 10 2>/dev/null | tail -1 | awk '{print $5}'; }
-mib() { awk -v b="$(stat -c %s "$1")" 'BEGIN {printf "%.1f", b / 1048576}'; }
-echo
-echo "Q: $question"
-echo "  source SmolLM2-135M-Instruct (Q4_1):      $(answer "$src")"
-echo "  ApiQ 4-bit g64 (Q4_1) + LoRA adapter:     $(answer "$out" --lora "$lora")"
-echo
-echo "| model | file MiB | adapter MiB | PPL held-out wiki (c 512, 10 chunks) |"
-echo "|---|---:|---:|---:|"
-echo "| source SmolLM2-135M-Instruct Q4_1 | $(mib "$src") | – | $(ppl "$src") |"
-echo "| ApiQ 4-bit g64 Q4_1 + LoRA | $(mib "$out") | $(mib "$lora") | $(ppl "$out" --lora "$lora") |"
+APIQ2GGUF=$bin DEMO_QUESTION=$question scripts/demo.sh "$src" "$out" "$heldout" "$prompt" \
+  --calib "$calib/c4.utf8" "$calib/wiki.utf8" --calib-max-bytes 1200000

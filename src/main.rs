@@ -137,9 +137,14 @@ fn calibrate(
     let fallbacks = t.fallbacks();
     if !fallbacks.is_empty() {
         let n: usize = t.linears.iter().map(|(_, c)| c).sum();
+        let format = args.export.format.name();
+        let why = if format == "q2_k" {
+            "q2_k needs rows that are multiples of 256; linears ApiQ cannot quantize stay f16"
+        } else {
+            "linears whose inputs are not whole groups cannot be quantized and stay f16"
+        };
         eprintln!(
-            "warning: --format {} stored {} of {n} linears in other types: {} (q2_k needs rows that are multiples of 256; linears ApiQ cannot quantize stay f16)",
-            args.export.format.name(),
+            "warning: --format {format} stored {} of {n} linears in other types: {} ({why})",
             fallbacks.iter().map(|(_, c)| c).sum::<usize>(),
             list(&fallbacks)
         );

@@ -6,6 +6,7 @@ mod calibrate;
 mod common;
 mod convert_golden;
 mod crash;
+mod demo;
 mod errors;
 mod pack;
 mod smollm2;
