@@ -179,6 +179,11 @@ pub enum Command {
     /// Prompt-processing (pp) and generation (tg) speed of a GGUF model on the CPU, measured as
     /// llama-bench does (random tokens from an empty cache, mean ± sd over repetitions).
     Bench(BenchCli),
+    /// Quality per byte: calibrate a matrix of rows (RTN, LWC only, ApiQ-bw with LoRA r16/r64
+    /// stored F16/Q8_0, at each --bits) from MODEL, score each against MODEL on every --text
+    /// (perplexity, KL divergence, top-1 agreement) and write DIR/results.md. Finished rows
+    /// are reused.
+    Eval(EvalCli),
     /// Time one ApiQ-bw training step on a random block of a named shape (benchmarks).
     #[command(hide = true)]
     BenchStep(BenchStepCli),
@@ -189,6 +194,60 @@ pub enum Command {
     /// then train it with our step and write every step's loss (scripts/ab-gpu.sh).
     #[command(hide = true)]
     TraceBlock(TraceBlockCli),
+}
+
+#[derive(Args, Debug)]
+pub struct EvalCli {
+    /// Source model (.gguf): what every row is made from and compared with.
+    pub model: PathBuf,
+    /// Output folder: rows/ (models, adapters, per-row results) and results.md.
+    pub dir: PathBuf,
+    /// Evaluation text(s), each scored for every row.
+    #[arg(long = "text", num_args = 1.., required = true)]
+    pub texts: Vec<PathBuf>,
+    /// Weight bits of the quantized rows.
+    #[arg(long, num_args = 1.., default_values_t = [2u32, 3, 4])]
+    pub bits: Vec<u32>,
+    /// Calibration text file(s) [default: the calibration's default].
+    #[arg(long, num_args = 1..)]
+    pub calib: Vec<PathBuf>,
+    /// Use only the first N bytes of the calibration text.
+    #[arg(long)]
+    pub calib_max_bytes: Option<usize>,
+    /// The calibration's quick recipe for every row (CI, demos).
+    #[arg(long)]
+    pub quick: bool,
+    /// Device of the calibrations: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Context of the scoring (as llama-perplexity's -c).
+    #[arg(short = 'c', long = "ctx", default_value_t = 512)]
+    pub ctx: usize,
+    /// Chunks scored per text (default: all).
+    #[arg(long)]
+    pub chunks: Option<usize>,
+    /// CPU threads of the scoring (default: all cores).
+    #[arg(short = 't', long)]
+    pub threads: Option<usize>,
+}
+
+impl EvalCli {
+    /// Calibration flags every row shares.
+    pub fn recipe(&self) -> Vec<String> {
+        let mut r = Vec::new();
+        if self.quick {
+            r.push("--quick".to_string());
+        }
+        if !self.calib.is_empty() {
+            r.push("--calib".into());
+            r.extend(self.calib.iter().map(|p| p.display().to_string()));
+        }
+        if let Some(n) = self.calib_max_bytes {
+            r.extend(["--calib-max-bytes".into(), n.to_string()]);
+        }
+        r.extend(["--device".into(), self.device.clone()]);
+        r
+    }
 }
 
 #[derive(Args, Debug)]

@@ -16,6 +16,7 @@ pub mod cli;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;
+pub mod eval;
 pub mod export;
 pub mod ggml;
 pub mod gguf;

@@ -214,6 +214,22 @@ fn run(cli: Cli) -> Result<()> {
                 None => calibrate(&a.calib, model, dest, a.tokenizer_pre, &progress)?,
             }
         }
+        Some(Command::Eval(a)) => {
+            let rt = Runtime::init(cli.verbose)?;
+            let args = apiq2gguf::eval::EvalArgs {
+                source: a.model.clone(),
+                dir: a.dir.clone(),
+                texts: a.texts.clone(),
+                rows: apiq2gguf::eval::matrix(&a.bits, &a.recipe()),
+                n_ctx: a.ctx,
+                n_chunks: a.chunks,
+                threads: runtime::threads(a.threads),
+            };
+            apiq2gguf::eval::run(&rt, &args)?;
+            eprintln!("wrote {}", a.dir.join("results.md").display());
+            let md = std::fs::read_to_string(a.dir.join("results.md"))?;
+            write!(out, "{md}")?;
+        }
         Some(Command::Inspect(a)) => {
             let g = gguf::GgufFile::open(&a.file)?;
             write!(out, "{}", inspect::render(&g))?;

@@ -1,6 +1,7 @@
 //! Running GGUF files with llama.cpp (the pinned llama-cpp-2 / llama-cpp-sys-2), on the CPU.
 
 pub mod bench;
+pub mod compare;
 pub mod generate;
 pub mod perplexity;
 

@@ -20,6 +20,17 @@ pub fn tiny_text() -> PathBuf {
     shared().join("data/calib/tiny.utf8")
 }
 
+/// Held-out text for stories260K in `dir`: the last 60 kB of tiny.utf8 from a line start
+/// (calibrations in the tests read at most its first 200 kB).
+pub fn tiny_heldout(dir: &Path) -> PathBuf {
+    let text = std::fs::read(tiny_text()).unwrap();
+    let tail = &text[text.len() - 60_000..];
+    let start = tail.iter().position(|&b| b == b'\n').unwrap() + 1;
+    let held = dir.join("held.txt");
+    std::fs::write(&held, &tail[start..]).unwrap();
+    held
+}
+
 /// The SmolLM2-135M-Instruct Q4_1 GGUF fetched by scripts/fetch-smollm2.sh.
 pub fn smollm2_gguf() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))

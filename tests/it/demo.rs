@@ -5,7 +5,7 @@
 
 use std::process::Command;
 
-use crate::common::{shared, tempdir, tiny_text};
+use crate::common::{shared, tempdir, tiny_heldout, tiny_text};
 
 /// The last value of the markdown table row that starts with `label`.
 fn row<'a>(stdout: &'a str, label: &str) -> Vec<&'a str> {
@@ -30,13 +30,7 @@ fn answer<'a>(stdout: &'a str, label: &str) -> &'a str {
 #[test]
 fn demo_answers_side_by_side_and_reports_sizes_and_heldout_perplexity() {
     let dir = tempdir();
-    // Held-out text: the last 60 kB of tiny.utf8 from a line start; calibration reads only the
-    // first 200 kB.
-    let text = std::fs::read(tiny_text()).unwrap();
-    let tail = &text[text.len() - 60_000..];
-    let start = tail.iter().position(|&b| b == b'\n').unwrap() + 1;
-    let held = dir.path().join("held.txt");
-    std::fs::write(&held, &tail[start..]).unwrap();
+    let held = tiny_heldout(dir.path());
     let src = shared().join("models/stories260K/stories260K.gguf");
     let out = dir.path().join("st4.gguf");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo.sh");

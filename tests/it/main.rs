@@ -8,5 +8,6 @@ mod convert_golden;
 mod crash;
 mod demo;
 mod errors;
+mod eval;
 mod pack;
 mod smollm2;

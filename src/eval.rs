@@ -1,0 +1,261 @@
+//! `apiq2gguf eval`: quality per byte. Calibrates a matrix of rows from one source model (this
+//! binary run as a child per row, so each row is exactly what the CLI makes and resumes as the
+//! CLI does), scores every row against the source on each text (perplexity, KL divergence,
+//! top-1 agreement; [`crate::runtime::compare`]) and writes a Markdown table. Finished rows are
+//! kept as `DIR/rows/NAME.json` and reused when their recipe is unchanged.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::compare::{self, CompareArgs, Comparison};
+use crate::runtime::Runtime;
+
+/// One row: how the quantized model is made.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RowSpec {
+    pub name: String,
+    /// `apiq-bw`, `apiq-lw` or `rtn`.
+    pub method: String,
+    pub bits: u32,
+    /// LoRA rank; `None`: no adapter (LWC only, or RTN).
+    pub rank: Option<usize>,
+    /// Adapter storage (`f16`, `q8_0`).
+    pub lora_type: String,
+    /// The calibration flags every row shares.
+    pub recipe: Vec<String>,
+}
+
+impl RowSpec {
+    fn args(&self) -> Vec<String> {
+        let mut a = vec![
+            "--method".to_string(),
+            self.method.clone(),
+            "--bits".into(),
+            self.bits.to_string(),
+        ];
+        match self.rank {
+            Some(r) => a.extend([
+                "--lora-rank".into(),
+                r.to_string(),
+                "--lora-type".into(),
+                self.lora_type.clone(),
+            ]),
+            None if self.method != "rtn" => a.push("--no-lora".into()),
+            None => {}
+        }
+        a.extend(self.recipe.iter().cloned());
+        a
+    }
+
+    fn adapter_label(&self) -> String {
+        match self.rank {
+            Some(r) => format!("r{r} {}", self.lora_type),
+            None => "–".into(),
+        }
+    }
+}
+
+/// The matrix: RTN, LWC only and ApiQ-bw with LoRA ranks 16 and 64 stored as F16 or Q8_0, at
+/// each of `bits`.
+pub fn matrix(bits: &[u32], recipe: &[String]) -> Vec<RowSpec> {
+    let mut rows = Vec::new();
+    for &b in bits {
+        let row = |name: String, method: &str, rank: Option<usize>, lora_type: &str| RowSpec {
+            name,
+            method: method.into(),
+            bits: b,
+            rank,
+            lora_type: lora_type.into(),
+            recipe: recipe.to_vec(),
+        };
+        rows.push(row(format!("rtn-{b}bit"), "rtn", None, "f16"));
+        rows.push(row(format!("lwc-{b}bit"), "apiq-bw", None, "f16"));
+        for r in [16, 64] {
+            for t in ["f16", "q8_0"] {
+                rows.push(row(
+                    format!("apiq-bw-{b}bit-r{r}-{t}"),
+                    "apiq-bw",
+                    Some(r),
+                    t,
+                ));
+            }
+        }
+    }
+    rows
+}
+
+/// What a finished row measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RowResult {
+    pub spec: RowSpec,
+    pub model_bytes: u64,
+    pub adapter_bytes: u64,
+    /// One per text, in the order given.
+    pub scores: Vec<Comparison>,
+}
+
+pub struct EvalArgs {
+    pub source: PathBuf,
+    pub dir: PathBuf,
+    pub texts: Vec<PathBuf>,
+    pub rows: Vec<RowSpec>,
+    pub n_ctx: usize,
+    pub n_chunks: Option<usize>,
+    pub threads: i32,
+}
+
+fn row_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let rows = dir.join("rows");
+    (
+        rows.join(format!("{name}.gguf")),
+        rows.join(format!("{name}.lora.gguf")),
+        rows.join(format!("{name}.json")),
+    )
+}
+
+fn cached(path: &Path, spec: &RowSpec, texts: usize) -> Option<RowResult> {
+    let r: RowResult = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+    (r.spec == *spec && r.scores.len() == texts).then_some(r)
+}
+
+fn calibrate(exe: &Path, source: &Path, out: &Path, spec: &RowSpec) -> Result<()> {
+    let log = out.with_extension("log");
+    let status = Command::new(exe)
+        .arg("--quiet")
+        .arg(source)
+        .arg(out)
+        .args(spec.args())
+        .stdout(std::fs::File::create(&log)?)
+        .stderr(std::fs::File::create(log.with_extension("err"))?)
+        .status()
+        .with_context(|| format!("cannot run {}", exe.display()))?;
+    if !status.success() {
+        let err = std::fs::read_to_string(log.with_extension("err")).unwrap_or_default();
+        bail!(
+            "row {}: calibration failed: {}",
+            spec.name,
+            err.lines().last().unwrap_or("(no message)")
+        );
+    }
+    Ok(())
+}
+
+/// Runs (or reuses) every row, then writes `DIR/results.md`; returns the rows in order.
+pub fn run(rt: &Runtime, a: &EvalArgs) -> Result<Vec<RowResult>> {
+    if a.texts.is_empty() {
+        bail!("give at least one evaluation text (--text)");
+    }
+    std::fs::create_dir_all(a.dir.join("rows"))
+        .with_context(|| format!("{}: cannot create", a.dir.display()))?;
+    let exe = std::env::current_exe().context("cannot find this program's path")?;
+    let mut results = Vec::with_capacity(a.rows.len());
+    for (i, spec) in a.rows.iter().enumerate() {
+        let (model, lora, json) = row_paths(&a.dir, &spec.name);
+        let head = format!("[{:>2}/{}] {}", i + 1, a.rows.len(), spec.name);
+        if let Some(r) = cached(&json, spec, a.texts.len()) {
+            eprintln!("{head}: reused");
+            results.push(r);
+            continue;
+        }
+        eprintln!("{head}: calibrating");
+        calibrate(&exe, &a.source, &model, spec)?;
+        let lora = lora.is_file().then_some(lora);
+        let mut scores = Vec::with_capacity(a.texts.len());
+        for text in &a.texts {
+            let args = CompareArgs {
+                reference: a.source.clone(),
+                model: model.clone(),
+                lora: lora.clone(),
+                text: text.clone(),
+                n_ctx: a.n_ctx,
+                n_chunks: a.n_chunks,
+                threads: a.threads,
+            };
+            let c = compare::run(rt, &args, |_, _| {})?;
+            eprintln!(
+                "{head}: {} PPL {:.4} (source {:.4}), KL {:.5}, top-1 {:.2} %",
+                text.file_name().unwrap_or_default().to_string_lossy(),
+                c.ppl,
+                c.ppl_reference,
+                c.kl,
+                100.0 * c.top1
+            );
+            scores.push(c);
+        }
+        let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let r = RowResult {
+            spec: spec.clone(),
+            model_bytes: size(&model),
+            adapter_bytes: lora.as_deref().map_or(0, size),
+            scores,
+        };
+        write_atomic(&json, &serde_json::to_vec_pretty(&r)?)?;
+        results.push(r);
+    }
+    let source_bytes = std::fs::metadata(&a.source)?.len();
+    let md = table(&a.source, source_bytes, &a.texts, &results);
+    write_atomic(&a.dir.join("results.md"), md.as_bytes())?;
+    Ok(results)
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = crate::atomic::AtomicFile::create(path)?;
+    f.write_all(bytes)?;
+    f.commit()
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.2}", b as f64 / (1u64 << 20) as f64)
+}
+
+/// The Markdown table: one line per row, size with the adapter, then per text PPL, KL, top-1.
+pub fn table(source: &Path, source_bytes: u64, texts: &[PathBuf], rows: &[RowResult]) -> String {
+    let name = |p: &Path| {
+        p.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string()
+    };
+    let mut s = String::from("| row | method | bits | adapter | MiB (model + adapter) |");
+    let mut rule = String::from("|---|---|---:|---|---:|");
+    for t in texts {
+        let t = name(t);
+        s += &format!(" PPL {t} | KL {t} | top-1 {t} |");
+        rule += "---:|---:|---:|";
+    }
+    s += "\n";
+    s += &rule;
+    s += "\n";
+    s += &format!(
+        "| source {} | – | – | – | {} |",
+        name(source),
+        mib(source_bytes)
+    );
+    for c in rows
+        .first()
+        .map(|r| r.scores.as_slice())
+        .unwrap_or_default()
+    {
+        s += &format!(" {:.4} | 0 | 100 % |", c.ppl_reference);
+    }
+    s += "\n";
+    for r in rows {
+        s += &format!(
+            "| {} | {} | {} | {} | {} |",
+            r.spec.name,
+            r.spec.method,
+            r.spec.bits,
+            r.spec.adapter_label(),
+            mib(r.model_bytes + r.adapter_bytes)
+        );
+        for c in &r.scores {
+            s += &format!(" {:.4} | {:.5} | {:.2} % |", c.ppl, c.kl, 100.0 * c.top1);
+        }
+        s += "\n";
+    }
+    s
+}

@@ -1,0 +1,154 @@
+//! A model's token distributions against a reference model's on the same text, chunked as
+//! `llama-perplexity` chunks it (BOS first where the vocabulary adds it, the second half of
+//! each chunk scored): perplexity of both, the mean KL divergence KL(reference ‖ model) and the
+//! fraction of positions whose most likely next token agrees, as `llama-perplexity
+//! --kl-divergence` reports them. Both models run side by side, one chunk at a time, so no
+//! reference distributions are stored.
+
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+
+use anyhow::{anyhow, bail, Context, Result};
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::token::LlamaToken;
+
+use super::Runtime;
+
+#[derive(Debug, Clone)]
+pub struct CompareArgs {
+    pub reference: PathBuf,
+    pub model: PathBuf,
+    pub lora: Option<PathBuf>,
+    pub text: PathBuf,
+    pub n_ctx: usize,
+    pub n_chunks: Option<usize>,
+    pub threads: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Comparison {
+    pub ppl: f64,
+    pub ppl_reference: f64,
+    /// Mean over scored positions of KL(reference ‖ model), nats.
+    pub kl: f64,
+    /// Fraction of scored positions where both models' arg-max agree.
+    pub top1: f64,
+    pub n_scored: usize,
+}
+
+/// log-softmax in f64 of f32 logits (max subtracted first).
+fn log_softmax(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&v| f64::from(v - max).exp()).sum();
+    let lse = sum.ln();
+    logits.iter().map(|&v| f64::from(v - max) - lse).collect()
+}
+
+fn argmax(v: &[f64]) -> usize {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+fn decode_chunk(
+    ctx: &mut LlamaContext,
+    batch: &mut LlamaBatch,
+    chunk: &[LlamaToken],
+) -> Result<()> {
+    ctx.clear_kv_cache();
+    batch.clear();
+    let first = chunk.len() / 2;
+    for (pos, &tok) in chunk.iter().enumerate() {
+        batch.add(tok, pos as i32, &[0], pos >= first)?;
+    }
+    ctx.decode(batch)
+        .map_err(|e| anyhow!("llama.cpp decode failed: {e}"))
+}
+
+pub fn run(
+    rt: &Runtime,
+    a: &CompareArgs,
+    mut on_chunk: impl FnMut(usize, usize),
+) -> Result<Comparison> {
+    let (reference, _) = rt.load_with_lora(&a.reference, None)?;
+    let (model, mut adapter) = rt.load_with_lora(&a.model, a.lora.as_deref())?;
+    if reference.n_vocab() != model.n_vocab() {
+        bail!(
+            "{} and {} have different vocabularies ({} vs {} tokens)",
+            a.reference.display(),
+            a.model.display(),
+            reference.n_vocab(),
+            model.n_vocab()
+        );
+    }
+    let mut text =
+        std::fs::read(&a.text).with_context(|| format!("{}: cannot read", a.text.display()))?;
+    if text.last() == Some(&b'\n') {
+        text.pop(); // as llama-perplexity's -f
+    }
+    let vocab = reference.vocab();
+    let mut tokens: Vec<LlamaToken> = Vec::with_capacity(text.len() + 2);
+    vocab.tokenize_into(&text, &mut tokens, true, false);
+    let n_ctx = a.n_ctx;
+    if n_ctx < 4 || tokens.len() < 2 * n_ctx {
+        bail!(
+            "{}: {} tokens, need at least {} for a context of {n_ctx}",
+            a.text.display(),
+            tokens.len(),
+            2 * n_ctx.max(4)
+        );
+    }
+    let n_chunk = a
+        .n_chunks
+        .map_or(tokens.len() / n_ctx, |c| c.min(tokens.len() / n_ctx));
+    let params = || {
+        LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx as u32))
+            .with_n_batch(n_ctx as u32)
+            .with_n_threads(a.threads)
+            .with_n_threads_batch(a.threads)
+    };
+    let mut ctx_r = rt.context(&reference, params(), None, 1.0)?;
+    let mut ctx_m = rt.context(&model, params(), adapter.as_mut(), 1.0)?;
+    let mut batch = LlamaBatch::new(n_ctx, 1);
+    let (bos, add_bos) = (vocab.bos(), vocab.should_add_bos());
+    let first = n_ctx / 2;
+    let (mut nll_r, mut nll_m, mut kl, mut agree, mut count) = (0.0, 0.0, 0.0, 0usize, 0usize);
+    for i in 0..n_chunk {
+        let mut chunk = tokens[i * n_ctx..(i + 1) * n_ctx].to_vec();
+        if add_bos {
+            chunk[0] = bos;
+        }
+        decode_chunk(&mut ctx_r, &mut batch, &chunk)?;
+        decode_chunk(&mut ctx_m, &mut batch, &chunk)?;
+        for pos in first..n_ctx - 1 {
+            let next = tokens[i * n_ctx + pos + 1].0 as usize;
+            let lr = log_softmax(ctx_r.get_logits_ith(pos as i32));
+            let lm = log_softmax(ctx_m.get_logits_ith(pos as i32));
+            nll_r -= lr[next];
+            nll_m -= lm[next];
+            kl += lr
+                .iter()
+                .zip(&lm)
+                .map(|(r, m)| r.exp() * (r - m))
+                .sum::<f64>();
+            agree += usize::from(argmax(&lr) == argmax(&lm));
+            count += 1;
+        }
+        on_chunk(i + 1, n_chunk);
+    }
+    let n = count as f64;
+    Ok(Comparison {
+        ppl: (nll_m / n).exp(),
+        ppl_reference: (nll_r / n).exp(),
+        kl: kl / n,
+        top1: agree as f64 / n,
+        n_scored: count,
+    })
+}
