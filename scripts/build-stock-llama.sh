@@ -6,12 +6,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=.cache/llama-stock
 bin=$root/build/bin
-if [ -x "$bin/llama-quantize" ] && [ -x "$bin/llama-perplexity" ]; then
+if [ -x "$bin/llama-quantize" ] && [ -x "$bin/llama-perplexity" ] && [ -x "$bin/llama-imatrix" ]; then
   echo "$bin"; exit 0
 fi
 mkdir -p "$root"
 scripts/fetch-llama-sdist.sh "$root/src"
 cmake -S "$root/src" -B "$root/build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
   -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF >&2
-cmake --build "$root/build" -j"$(nproc)" --target llama-quantize llama-perplexity llama-tokenize llama-completion llama-bench >&2
+cmake --build "$root/build" -j"$(nproc)" --target llama-quantize llama-imatrix llama-perplexity llama-tokenize llama-completion \
+  llama-bench >&2
 echo "$bin"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Adds the APIQ2 type (vendor/) to a llama.cpp source tree and builds llama-cli, llama-server
-# and llama-perplexity with it, plus vendor/tests/test-apiq2 (the ggml-level check) and
+# Adds the APIQ2 type (vendor/) to a llama.cpp source tree and builds llama-cli, llama-server,
+# llama-perplexity, llama-quantize and llama-imatrix with it, plus vendor/tests/test-apiq2 (the
+# ggml-level check) and
 # vendor/tests/bench-apiq2 (kernel speed against Q4_0):
 #   scripts/llama-cpp-apiq2.sh LLAMA_CPP_TREE [BUILD_DIR] [-- extra cmake options]
 # The tree is patched in place (once; a second run sees the patch and skips it). Tested against
@@ -26,7 +27,8 @@ fi
 jobs=$(nproc 2>/dev/null || echo 2)
 cmake -S "$tree" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON -DLLAMA_CURL=OFF \
   -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "$@" >&2
-cmake --build "$build" -j"$jobs" --target llama-cli llama-server llama-perplexity >&2
+cmake --build "$build" -j"$jobs" --target llama-cli llama-server llama-perplexity \
+  llama-quantize llama-imatrix >&2
 
 # The ggml-level test and kernel benchmark link the libraries just built (shared by default in
 # a llama.cpp build).

@@ -229,6 +229,14 @@ pub struct EvalCli {
     /// CPU threads of the scoring (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// Folder holding stock llama.cpp's llama-quantize and llama-imatrix (scripts/build-stock-llama.sh
+    /// builds them from the PyPI sdist): adds rows of llama.cpp's own types, each without and
+    /// with an importance matrix from the same calibration text.
+    #[arg(long)]
+    pub llama_bin: Option<PathBuf>,
+    /// llama.cpp types of those rows.
+    #[arg(long, num_args = 1.., default_values = crate::eval::STOCK_TYPES)]
+    pub stock_types: Vec<String>,
 }
 
 impl EvalCli {

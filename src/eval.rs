@@ -26,7 +26,30 @@ pub struct RowSpec {
     pub lora_type: String,
     /// The calibration flags every row shares.
     pub recipe: Vec<String>,
+    /// A llama.cpp type made by stock `llama-quantize` instead of our calibration.
+    #[serde(default)]
+    pub stock: Option<Stock>,
 }
+
+/// A row of llama.cpp's own: `llama-quantize SOURCE OUT TYPE`, with an importance matrix from
+/// the same calibration text or without.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stock {
+    /// llama-quantize's type name (`Q2_K`, `IQ2_XS`, …).
+    pub ftype: String,
+    pub imatrix: bool,
+}
+
+/// Types llama-quantize refuses to make without an importance matrix.
+fn needs_imatrix(ftype: &str) -> bool {
+    matches!(
+        ftype.to_ascii_uppercase().as_str(),
+        "IQ1_S" | "IQ1_M" | "IQ2_XXS" | "IQ2_XS" | "IQ2_S" | "IQ2_M" | "Q2_K_S"
+    )
+}
+
+/// The stock types compared by default.
+pub const STOCK_TYPES: [&str; 6] = ["Q2_0", "Q2_K", "IQ2_XS", "IQ2_M", "Q3_K_S", "Q4_0"];
 
 impl RowSpec {
     fn args(&self) -> Vec<String> {
@@ -51,6 +74,9 @@ impl RowSpec {
     }
 
     fn adapter_label(&self) -> String {
+        if self.stock.is_some() {
+            return "–".into();
+        }
         match self.rank {
             Some(r) => format!("r{r} {}", self.lora_type),
             None => "–".into(),
@@ -59,8 +85,9 @@ impl RowSpec {
 }
 
 /// The matrix: RTN, LWC only and ApiQ-bw with LoRA ranks 16 and 64 stored as F16 or Q8_0, at
-/// each of `bits`.
-pub fn matrix(bits: &[u32], recipe: &[String]) -> Vec<RowSpec> {
+/// each of `bits`; then each of `stock` types by llama-quantize, without an importance matrix
+/// (where llama-quantize allows it) and with one.
+pub fn matrix(bits: &[u32], recipe: &[String], stock: &[String]) -> Vec<RowSpec> {
     let mut rows = Vec::new();
     for &b in bits {
         let row = |name: String, method: &str, rank: Option<usize>, lora_type: &str| RowSpec {
@@ -70,6 +97,7 @@ pub fn matrix(bits: &[u32], recipe: &[String]) -> Vec<RowSpec> {
             rank,
             lora_type: lora_type.into(),
             recipe: recipe.to_vec(),
+            stock: None,
         };
         rows.push(row(format!("rtn-{b}bit"), "rtn", None, "f16"));
         rows.push(row(format!("lwc-{b}bit"), "apiq-bw", None, "f16"));
@@ -82,6 +110,30 @@ pub fn matrix(bits: &[u32], recipe: &[String]) -> Vec<RowSpec> {
                     t,
                 ));
             }
+        }
+    }
+    for t in stock {
+        for imatrix in [false, true] {
+            if !imatrix && needs_imatrix(t) {
+                continue;
+            }
+            let suffix = if imatrix { "-imatrix" } else { "" };
+            rows.push(RowSpec {
+                name: format!("llama-{}{suffix}", t.to_ascii_lowercase()),
+                method: if imatrix {
+                    "llama-quantize + imatrix".into()
+                } else {
+                    "llama-quantize".into()
+                },
+                bits: 0,
+                rank: None,
+                lora_type: String::new(),
+                recipe: recipe.to_vec(),
+                stock: Some(Stock {
+                    ftype: t.to_ascii_uppercase(),
+                    imatrix,
+                }),
+            });
         }
     }
     rows
@@ -97,7 +149,17 @@ pub struct RowResult {
     pub scores: Vec<Comparison>,
 }
 
+/// Stock llama.cpp's tools for the rows of its own types, and the calibration text their
+/// importance matrix is computed on.
+pub struct StockTools {
+    /// Folder with `llama-quantize` and `llama-imatrix`.
+    pub bin: PathBuf,
+    pub calib_files: Vec<PathBuf>,
+    pub calib_max_bytes: Option<usize>,
+}
+
 pub struct EvalArgs {
+    pub stock: Option<StockTools>,
     pub source: PathBuf,
     pub dir: PathBuf,
     pub texts: Vec<PathBuf>,
@@ -121,26 +183,83 @@ fn cached(path: &Path, spec: &RowSpec, texts: usize) -> Option<RowResult> {
     (r.spec == *spec && r.scores.len() == texts).then_some(r)
 }
 
-fn calibrate(exe: &Path, source: &Path, out: &Path, spec: &RowSpec) -> Result<()> {
-    let log = out.with_extension("log");
-    let status = Command::new(exe)
-        .arg("--quiet")
-        .arg(source)
-        .arg(out)
-        .args(spec.args())
-        .stdout(std::fs::File::create(&log)?)
-        .stderr(std::fs::File::create(log.with_extension("err"))?)
+/// Runs `cmd` with its output in `log` (.log, .err); fails with the last line it printed.
+fn run_logged(mut cmd: Command, log: &Path, what: &str) -> Result<()> {
+    let err_path = log.with_extension("err");
+    let status = cmd
+        .stdout(std::fs::File::create(log)?)
+        .stderr(std::fs::File::create(&err_path)?)
         .status()
-        .with_context(|| format!("cannot run {}", exe.display()))?;
+        .with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
     if !status.success() {
-        let err = std::fs::read_to_string(log.with_extension("err")).unwrap_or_default();
-        bail!(
-            "row {}: calibration failed: {}",
-            spec.name,
-            err.lines().last().unwrap_or("(no message)")
-        );
+        let err = std::fs::read_to_string(&err_path).unwrap_or_default();
+        let last = err.lines().rev().find(|l| !l.trim().is_empty());
+        bail!("{what} failed: {}", last.unwrap_or("(no message)"));
     }
     Ok(())
+}
+
+fn calibrate(exe: &Path, source: &Path, out: &Path, spec: &RowSpec) -> Result<()> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("--quiet").arg(source).arg(out).args(spec.args());
+    run_logged(
+        cmd,
+        &out.with_extension("log"),
+        &format!("row {}: calibration", spec.name),
+    )
+}
+
+/// The importance matrix of `source` on the calibration text (computed once per folder).
+fn imatrix(
+    t: &StockTools,
+    source: &Path,
+    dir: &Path,
+    n_ctx: usize,
+    threads: i32,
+) -> Result<PathBuf> {
+    let out = dir.join("rows/imatrix.gguf");
+    if out.is_file() {
+        return Ok(out);
+    }
+    let files = crate::calib::data::resolve_files(&t.calib_files)?;
+    let text_path = dir.join("rows/calib.txt");
+    write_atomic(
+        &text_path,
+        crate::calib::data::read_text(&files, t.calib_max_bytes)?.as_bytes(),
+    )?;
+    let partial = dir.join("rows/imatrix.partial.gguf");
+    let mut cmd = Command::new(t.bin.join("llama-imatrix"));
+    cmd.arg("-m")
+        .arg(source)
+        .arg("-f")
+        .arg(&text_path)
+        .arg("-o")
+        .arg(&partial)
+        .args(["-c", &n_ctx.to_string(), "--chunks", "128"])
+        .args(["-t", &threads.to_string()]);
+    run_logged(cmd, &dir.join("rows/imatrix.log"), "llama-imatrix")?;
+    std::fs::rename(&partial, &out)?;
+    Ok(out)
+}
+
+fn quantize(
+    t: &StockTools,
+    stock: &Stock,
+    source: &Path,
+    out: &Path,
+    imatrix: Option<&Path>,
+) -> Result<()> {
+    let mut cmd = Command::new(t.bin.join("llama-quantize"));
+    cmd.arg("--allow-requantize");
+    if let Some(m) = imatrix {
+        cmd.arg("--imatrix").arg(m);
+    }
+    cmd.arg(source).arg(out).arg(&stock.ftype);
+    run_logged(
+        cmd,
+        &out.with_extension("log"),
+        &format!("llama-quantize {}", stock.ftype),
+    )
 }
 
 /// Runs (or reuses) every row, then writes `DIR/results.md`; returns the rows in order.
@@ -160,8 +279,22 @@ pub fn run(rt: &Runtime, a: &EvalArgs) -> Result<Vec<RowResult>> {
             results.push(r);
             continue;
         }
-        eprintln!("{head}: calibrating");
-        calibrate(&exe, &a.source, &model, spec)?;
+        match (&spec.stock, &a.stock) {
+            (None, _) => {
+                eprintln!("{head}: calibrating");
+                calibrate(&exe, &a.source, &model, spec)?;
+            }
+            (Some(stock), Some(tools)) => {
+                eprintln!("{head}: llama-quantize {}", stock.ftype);
+                let m = if stock.imatrix {
+                    Some(imatrix(tools, &a.source, &a.dir, a.n_ctx, a.threads)?)
+                } else {
+                    None
+                };
+                quantize(tools, stock, &a.source, &model, m.as_deref())?;
+            }
+            (Some(_), None) => bail!("row {}: stock rows need llama.cpp's tools", spec.name),
+        }
         let lora = lora.is_file().then_some(lora);
         let mut scores = Vec::with_capacity(a.texts.len());
         for text in &a.texts {
@@ -220,7 +353,7 @@ pub fn table(source: &Path, source_bytes: u64, texts: &[PathBuf], rows: &[RowRes
             .to_string_lossy()
             .to_string()
     };
-    let mut s = String::from("| row | method | bits | adapter | MiB (model + adapter) |");
+    let mut s = String::from("| row | method | bits / type | adapter | MiB (model + adapter) |");
     let mut rule = String::from("|---|---|---:|---|---:|");
     for t in texts {
         let t = name(t);
@@ -244,11 +377,15 @@ pub fn table(source: &Path, source_bytes: u64, texts: &[PathBuf], rows: &[RowRes
     }
     s += "\n";
     for r in rows {
+        let bits = match &r.spec.stock {
+            Some(st) => st.ftype.clone(),
+            None => r.spec.bits.to_string(),
+        };
         s += &format!(
             "| {} | {} | {} | {} | {} |",
             r.spec.name,
             r.spec.method,
-            r.spec.bits,
+            bits,
             r.spec.adapter_label(),
             mib(r.model_bytes + r.adapter_bytes)
         );

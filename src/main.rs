@@ -216,11 +216,22 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::Eval(a)) => {
             let rt = Runtime::init(cli.verbose)?;
+            let stock = a.llama_bin.clone().map(|bin| apiq2gguf::eval::StockTools {
+                bin,
+                calib_files: a.calib.clone(),
+                calib_max_bytes: a.calib_max_bytes,
+            });
+            let stock_types = if stock.is_some() {
+                a.stock_types.clone()
+            } else {
+                Vec::new()
+            };
             let args = apiq2gguf::eval::EvalArgs {
+                stock,
                 source: a.model.clone(),
                 dir: a.dir.clone(),
                 texts: a.texts.clone(),
-                rows: apiq2gguf::eval::matrix(&a.bits, &a.recipe()),
+                rows: apiq2gguf::eval::matrix(&a.bits, &a.recipe(), &stock_types),
                 n_ctx: a.ctx,
                 n_chunks: a.chunks,
                 threads: runtime::threads(a.threads),
