@@ -1,8 +1,9 @@
 //! `apiq2gguf eval`: quality per byte. Calibrates a matrix of rows from one source model (this
 //! binary run as a child per row, so each row is exactly what the CLI makes and resumes as the
 //! CLI does), scores every row against the source on each text (perplexity, KL divergence,
-//! top-1 agreement; [`crate::runtime::compare`]) and writes a Markdown table. Finished rows are
-//! kept as `DIR/rows/NAME.json` and reused when their recipe is unchanged.
+//! top-1 agreement; [`crate::runtime::compare`]) and writes a Markdown table and, per text, a
+//! plot of perplexity against size ([`crate::eval_plot`]). Finished rows are kept as
+//! `DIR/rows/NAME.json` and reused when their recipe is unchanged.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -331,6 +332,21 @@ pub fn run(rt: &Runtime, a: &EvalArgs) -> Result<Vec<RowResult>> {
     let source_bytes = std::fs::metadata(&a.source)?.len();
     let md = table(&a.source, source_bytes, &a.texts, &results);
     write_atomic(&a.dir.join("results.md"), md.as_bytes())?;
+    for (t, text) in a.texts.iter().enumerate() {
+        let stem = text.file_stem().unwrap_or_default().to_string_lossy();
+        let title = format!(
+            "{} on {}: perplexity against size",
+            a.source.file_name().unwrap_or_default().to_string_lossy(),
+            text.file_name().unwrap_or_default().to_string_lossy()
+        );
+        let src_ppl = results
+            .first()
+            .map_or(f64::NAN, |r| r.scores[t].ppl_reference);
+        // Drawn beside, then renamed: no half-written picture under the final name.
+        let partial = a.dir.join(format!(".plot-{stem}.partial.png"));
+        crate::eval_plot::draw(&partial, &title, (src_ppl, source_bytes), &results, t)?;
+        std::fs::rename(&partial, a.dir.join(format!("plot-{stem}.png")))?;
+    }
     Ok(results)
 }
 

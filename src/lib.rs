@@ -17,6 +17,7 @@ pub mod cli;
 pub mod cuda;
 pub mod device;
 pub mod eval;
+pub mod eval_plot;
 pub mod export;
 pub mod ggml;
 pub mod gguf;

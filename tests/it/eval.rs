@@ -1,7 +1,7 @@
 //! `apiq2gguf eval --quick` on stories260K: every row of the matrix scored against the source,
 //! the perplexities equal to what the `perplexity` loop gives for the same files, the KL
-//! divergences ordered as bits and adapters say they must be, and a second run reusing every
-//! row.
+//! divergences ordered as bits and adapters say they must be, the plot written, and a second
+//! run reusing every row.
 
 use crate::common::{bin, final_ppl, run_ok, shared, tempdir, tiny_heldout, tiny_text};
 
@@ -105,6 +105,18 @@ fn eval_quick_scores_every_row_and_reuses_finished_ones() {
             assert!(kl(r) < kl(&format!("rtn-{bits}")), "{r}: {md}");
         }
     }
+
+    // The plot: a 1200 × 800 PNG, nothing half-written left beside it.
+    let png = std::fs::read(out.join("plot-held.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(&png[12..16], b"IHDR");
+    let dim = |o: usize| u32::from_be_bytes(png[o..o + 4].try_into().unwrap());
+    assert_eq!((dim(16), dim(20)), (1200, 800));
+    let names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("partial")), "{names:?}");
 
     let mut second = bin();
     args(&mut second);
