@@ -468,7 +468,8 @@ impl CalibCli {
             seed: self.seed,
             precision: compute.precision,
             ..base
-        })
+        }
+        .with_method_rates())
     }
 }
 

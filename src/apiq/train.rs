@@ -350,11 +350,12 @@ pub fn train_block_lw(
                 .collect())
         };
         let fp_outputs = |xs: &[Tensor]| -> candle_core::Result<Vec<Tensor>> {
-            group
+            let outs = group
                 .iter()
                 .zip(xs)
                 .map(|(&i, x)| block::matmul_t(x, &bw.w[i]))
-                .collect()
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            layer_outputs(group, outs)
         };
         let mut targets = Vec::with_capacity(fp_in.len());
         let mut targets_aug = Vec::with_capacity(fp_in.len());
@@ -377,12 +378,16 @@ pub fn train_block_lw(
         )?;
         for epoch in 0..r.epochs {
             for j in 0..inputs.len() {
+                let outs = group
+                    .iter()
+                    .enumerate()
+                    .map(|(k, &i)| linears[i].forward(&r.quant, rope.compute(), &inputs[j][k]))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
                 let mut loss: Option<Tensor> = None;
-                for (k, &i) in group.iter().enumerate() {
-                    let out = linears[i].forward(&r.quant, rope.compute(), &inputs[j][k])?;
-                    let mut l = mse(&out, &targets[j][k])?;
+                for (k, out) in layer_outputs(group, outs)?.iter().enumerate() {
+                    let mut l = mse(out, &targets[j][k])?;
                     if let Some(t2) = targets_aug.get(j) {
-                        l = (l + mse(&out, &t2[k])?)?;
+                        l = (l + mse(out, &t2[k])?)?;
                     }
                     loss = Some(match loss {
                         Some(acc) => (acc + l)?,
@@ -407,6 +412,17 @@ pub fn train_block_lw(
         .into_iter()
         .map(|l| l.expect("every group trained"))
         .collect())
+}
+
+/// What an lw group's loss compares: each linear's output, except that gate and up are one
+/// layer, the GLU `silu(gate)·up` (the input of down): matching that product, not its two
+/// factors, keeps the few channels where it is large (SmolLM2's massive activations) right.
+fn layer_outputs(group: &[usize], outs: Vec<Tensor>) -> candle_core::Result<Vec<Tensor>> {
+    if group == [block::GATE, block::UP] {
+        let glu = (candle_nn::ops::sigmoid(&outs[0])?.mul(&outs[0])? * &outs[1])?;
+        return Ok(vec![glu]);
+    }
+    Ok(outs)
 }
 
 /// The final linears of a block from what was learned (or RTN when nothing was).
