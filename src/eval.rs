@@ -308,7 +308,7 @@ pub fn run(rt: &Runtime, a: &EvalArgs) -> Result<Vec<RowResult>> {
                 n_chunks: a.n_chunks,
                 threads: a.threads,
             };
-            let c = compare::run(rt, &args, |_, _| {})?;
+            let c = compare::run(rt, &args)?;
             eprintln!(
                 "{head}: {} PPL {:.4} (source {:.4}), KL {:.5}, top-1 {:.2} %",
                 text.file_name().unwrap_or_default().to_string_lossy(),

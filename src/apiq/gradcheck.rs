@@ -299,21 +299,7 @@ fn block_gradients_match_finite_differences() {
         rank: 2,
         alpha: 16.0,
     };
-    let hp = HParams {
-        arch: "llama".into(),
-        n_embd: 16,
-        n_ff: 24,
-        n_layer: 1,
-        n_head: 4,
-        n_head_kv: 2,
-        head_dim: 4,
-        n_ctx_train: 64,
-        rms_eps: 1e-5,
-        rope_base: 10000.0,
-        rope: RopeKind::Norm,
-        rope_factors: None,
-        qkv_bias: false,
-    };
+    let hp = HParams::tiny(RopeKind::Norm, false);
     let l = 5;
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let shapes = [

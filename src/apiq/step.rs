@@ -148,15 +148,7 @@ pub fn loss_and_grads(
     let q = ops::heads(&yq, bias(block::Q), Some(rope), (b, l, nh, hd), act)?;
     let k = ops::heads(&yk, bias(block::K), Some(rope), (b, l, nkv, hd), act)?;
     let v = ops::heads(&yv, bias(block::V), None, (b, l, nkv, hd), act)?;
-    let expand = |t: Tensor| -> Result<Tensor> {
-        if rep == 1 {
-            return Ok(t);
-        }
-        t.unsqueeze(2)?
-            .broadcast_as((b, nkv, rep, l, hd))?
-            .reshape((b, nh, l, hd))
-    };
-    let (k, v) = (expand(k)?, expand(v)?);
+    let (k, v) = (block::repeat_kv(k, rep)?, block::repeat_kv(v, rep)?);
     let scale = 1.0 / (hd as f64).sqrt();
     let probs = causal_softmax(&q.matmul(&k.t()?)?, scale)?;
     let att = ops::unheads(&probs.matmul(&v)?, None, 1, act)?;
@@ -210,24 +202,6 @@ mod tests {
     use crate::quant::lora::LoraSpec;
     use candle_core::Device;
 
-    fn hparams(rope: RopeKind, qkv_bias: bool) -> HParams {
-        HParams {
-            arch: "llama".into(),
-            n_embd: 16,
-            n_ff: 24,
-            n_layer: 1,
-            n_head: 4,
-            n_head_kv: 2,
-            head_dim: 4,
-            n_ctx_train: 64,
-            rms_eps: 1e-5,
-            rope_base: 10000.0,
-            rope,
-            rope_factors: None,
-            qkv_bias,
-        }
-    }
-
     fn randn(shape: (usize, usize), scale: f64, dev: &Device) -> Tensor {
         (Tensor::randn(0f64, 1.0, shape, dev).unwrap() * scale).unwrap()
     }
@@ -236,7 +210,7 @@ mod tests {
     /// with logits away from their initial value and LoRA B non-zero so every term counts.
     fn compare(rope_kind: RopeKind, qkv_bias: bool, group_size: usize) {
         let dev = Device::Cpu;
-        let hp = hparams(rope_kind, qkv_bias);
+        let hp = HParams::tiny(rope_kind, qkv_bias);
         let spec = QuantSpec {
             bits: 2,
             group_size,

@@ -190,9 +190,7 @@ pub mod reference {
     }
 
     pub fn swiglu(g: &[Tensor], u: &[Tensor], act: DType) -> Result<Tensor> {
-        let ty = g[0].dtype();
-        let g = sum(g, act)?;
-        (candle_nn::ops::sigmoid(&g)?.mul(&g)? * sum(u, act)?)?.to_dtype(ty)
+        crate::nn::block::swiglu(&sum(g, act)?, &sum(u, act)?)?.to_dtype(g[0].dtype())
     }
 
     pub fn swiglu_backward(

@@ -112,6 +112,14 @@ impl<'a, T: CudaDType> Parts<'a, T> {
     }
 }
 
+/// An optional input: its view, or a pointer the kernel does not read.
+fn arg_or_null<'b>(l: &mut LaunchArgs<'b>, v: Option<&'b CudaView<'_, f32>>) {
+    match v {
+        Some(v) => l.arg(v),
+        None => l.arg(&NULL),
+    };
+}
+
 fn launch(l: &mut LaunchArgs<'_>, cfg: LaunchConfig) -> Result<()> {
     // SAFETY: every launcher pushes arguments of the kernel's signature in order; outputs are
     // fresh allocations of the sizes the kernel writes.
@@ -165,33 +173,21 @@ fn heads_t<T: CudaDType + DeviceRepr + WithDType>(
     let xs: Vec<&Tensor> = x.iter().collect();
     let xl = locks(&xs);
     let parts = Parts::<T>::new(&xl, n)?;
-    let mut extra: Vec<&Tensor> = bias.into_iter().collect();
-    if let Some((c, s)) = &tables {
-        extra.extend([c, s]);
-    }
-    let el = locks(&extra);
-    let ev = el.iter().map(view::<f32>).collect::<Result<Vec<_>>>()?;
+    let bl = locks(&bias.into_iter().collect::<Vec<_>>());
+    let bv = bl.iter().map(view::<f32>).collect::<Result<Vec<_>>>()?;
+    let tl = locks(&tables.iter().flat_map(|(c, s)| [c, s]).collect::<Vec<_>>());
+    let tv = tl.iter().map(view::<f32>).collect::<Result<Vec<_>>>()?;
     let has_bias = i32::from(bias.is_some());
-    let (bias_v, rope_v) = if bias.is_some() {
-        (ev.first(), ev.get(1..3))
-    } else {
-        (None, ev.get(0..2))
-    };
     let mut out = alloc::<T>(&dev, n)?;
     let func = function(&dev, &FATBIN, &name("heads", x[0].dtype())?)?;
     let (bi, li, hi, hdi) = (b as i32, l as i32, h as i32, hd as i32);
     let stream = dev.cuda_stream();
     let mut a = stream.launch_builder(&func);
     parts.push(&mut a);
-    match bias_v {
-        Some(v) => a.arg(v),
-        None => a.arg(&NULL),
-    };
+    arg_or_null(&mut a, bv.first());
     a.arg(&has_bias);
-    match rope_v {
-        Some([c, s]) => a.arg(c).arg(s),
-        _ => a.arg(&NULL).arg(&NULL),
-    };
+    arg_or_null(&mut a, tv.first());
+    arg_or_null(&mut a, tv.get(1));
     a.arg(&code)
         .arg(&mut out)
         .arg(&bi)
@@ -218,9 +214,8 @@ fn unheads_t<T: CudaDType + DeviceRepr + WithDType>(
     let (tables, code) = rope_args(rope, l)?;
     let xl = locks(&[x]);
     let xv = view::<T>(&xl[0])?;
-    let extra: Vec<&Tensor> = tables.iter().flat_map(|(c, s)| [c, s]).collect();
-    let el = locks(&extra);
-    let ev = el.iter().map(view::<f32>).collect::<Result<Vec<_>>>()?;
+    let tl = locks(&tables.iter().flat_map(|(c, s)| [c, s]).collect::<Vec<_>>());
+    let tv = tl.iter().map(view::<f32>).collect::<Result<Vec<_>>>()?;
     let n = b * l * h * hd;
     let mut out = alloc::<T>(&dev, n)?;
     let func = function(&dev, &FATBIN, &name("unheads", x.dtype())?)?;
@@ -228,10 +223,8 @@ fn unheads_t<T: CudaDType + DeviceRepr + WithDType>(
     let stream = dev.cuda_stream();
     let mut a = stream.launch_builder(&func);
     a.arg(&xv);
-    match ev.as_slice() {
-        [c, s] => a.arg(c).arg(s),
-        _ => a.arg(&NULL).arg(&NULL),
-    };
+    arg_or_null(&mut a, tv.first());
+    arg_or_null(&mut a, tv.get(1));
     a.arg(&code)
         .arg(&mut out)
         .arg(&bi)

@@ -35,6 +35,19 @@ fn mse(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
     (a - b)?.sqr()?.mean_all()
 }
 
+/// The sum of a step's loss terms (at least one).
+fn total(terms: impl IntoIterator<Item = candle_core::Result<Tensor>>) -> Result<Tensor> {
+    let mut acc: Option<Tensor> = None;
+    for t in terms {
+        let t = t?;
+        acc = Some(match acc {
+            Some(a) => (a + t)?,
+            None => t,
+        });
+    }
+    acc.ok_or_else(|| anyhow::anyhow!("a training step needs a target"))
+}
+
 pub(crate) fn new_linears(
     r: &Recipe,
     bw: &BlockWeights,
@@ -195,17 +208,7 @@ pub(crate) fn bw_step(
         return opt.apply(&loss, grads, at.layer, at.epoch, at.index, obs);
     }
     let out = forward_train(hp, rope, norms, spec, linears, x)?;
-    let mut loss: Option<Tensor> = None;
-    for t in targets {
-        let l = mse(&out, t)?;
-        loss = Some(match loss {
-            Some(acc) => (acc + l)?,
-            None => l,
-        });
-    }
-    let Some(loss) = loss else {
-        bail!("a training step needs a target")
-    };
+    let loss = total(targets.iter().map(|t| mse(&out, t)))?;
     opt.step(&loss, at.layer, at.epoch, at.index, obs)
 }
 
@@ -383,18 +386,12 @@ pub fn train_block_lw(
                     .enumerate()
                     .map(|(k, &i)| linears[i].forward(&r.quant, rope.compute(), &inputs[j][k]))
                     .collect::<candle_core::Result<Vec<_>>>()?;
-                let mut loss: Option<Tensor> = None;
-                for (k, out) in layer_outputs(group, outs)?.iter().enumerate() {
-                    let mut l = mse(out, &targets[j][k])?;
-                    if let Some(t2) = targets_aug.get(j) {
-                        l = (l + mse(out, &t2[k])?)?;
-                    }
-                    loss = Some(match loss {
-                        Some(acc) => (acc + l)?,
-                        None => l,
-                    });
-                }
-                opt.step(&loss.expect("non-empty group"), layer, epoch, j, obs)?;
+                let outs = layer_outputs(group, outs)?;
+                let loss = total(outs.iter().enumerate().flat_map(|(k, out)| {
+                    let aug = targets_aug.get(j).map(|t2| mse(out, &t2[k]));
+                    std::iter::once(mse(out, &targets[j][k])).chain(aug)
+                }))?;
+                opt.step(&loss, layer, epoch, j, obs)?;
             }
         }
         for &i in group {
@@ -419,8 +416,7 @@ pub fn train_block_lw(
 /// factors, keeps the few channels where it is large (SmolLM2's massive activations) right.
 fn layer_outputs(group: &[usize], outs: Vec<Tensor>) -> candle_core::Result<Vec<Tensor>> {
     if group == [block::GATE, block::UP] {
-        let glu = (candle_nn::ops::sigmoid(&outs[0])?.mul(&outs[0])? * &outs[1])?;
-        return Ok(vec![glu]);
+        return Ok(vec![block::swiglu(&outs[0], &outs[1])?]);
     }
     Ok(outs)
 }

@@ -163,24 +163,31 @@ pub fn forward(
     let q = rope.apply(&proj(Q, nh)?)?;
     let k = rope.apply(&proj(K, nkv)?)?;
     let v = proj(V, nkv)?;
-    let rep = nh / nkv;
-    let expand = |t: Tensor| -> Result<Tensor> {
-        if rep == 1 {
-            return Ok(t);
-        }
-        t.unsqueeze(2)?
-            .broadcast_as((b, nkv, rep, l, hd))?
-            .reshape((b, nh, l, hd))
-    };
-    let (k, v) = (expand(k)?, expand(v)?);
+    let (k, v) = (repeat_kv(k, nh / nkv)?, repeat_kv(v, nh / nkv)?);
     let att = attention(rope.compute, &q, &k, &v)?;
     let att = att.transpose(1, 2)?.reshape((b, l, nh * hd))?;
     let x = (x + linear(O, &att)?)?;
     let h = rms_norm(&x, &norms.ffn_norm, hp.rms_eps)?;
     let g = linear(GATE, &h)?;
     let u = linear(UP, &h)?;
-    let act = (candle_nn::ops::sigmoid(&g)?.mul(&g)? * u)?;
+    let act = swiglu(&g, &u)?;
     x + linear(DOWN, &act)?
+}
+
+/// GQA: each of the `[B, H_kv, L, hd]` heads repeated `rep` times in place, `[B, H_kv·rep, L, hd]`.
+pub fn repeat_kv(t: Tensor, rep: usize) -> Result<Tensor> {
+    if rep == 1 {
+        return Ok(t);
+    }
+    let (b, nkv, l, hd) = t.dims4()?;
+    t.unsqueeze(2)?
+        .broadcast_as((b, nkv, rep, l, hd))?
+        .reshape((b, nkv * rep, l, hd))
+}
+
+/// The MLP's gated activation `silu(g)·u`.
+pub fn swiglu(g: &Tensor, u: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::sigmoid(g)?.mul(g)? * u
 }
 
 /// Causal attention `softmax(q·kᵀ/√hd + mask)·v` of `[B, H, L, hd]` tensors, in `x`'s type.

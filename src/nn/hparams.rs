@@ -37,6 +37,26 @@ fn get<'a>(kv: &'a [(String, Value)], key: &str) -> Option<&'a Value> {
 }
 
 impl HParams {
+    /// A tiny block (E 16, FF 24, 4 query heads of 4, 2 kv heads) for gradient tests.
+    #[cfg(test)]
+    pub(crate) fn tiny(rope: RopeKind, qkv_bias: bool) -> HParams {
+        HParams {
+            arch: "llama".into(),
+            n_embd: 16,
+            n_ff: 24,
+            n_layer: 1,
+            n_head: 4,
+            n_head_kv: 2,
+            head_dim: 4,
+            n_ctx_train: 64,
+            rms_eps: 1e-5,
+            rope_base: 10000.0,
+            rope,
+            rope_factors: None,
+            qkv_bias,
+        }
+    }
+
     pub fn from_metadata(
         kv: &[(String, Value)],
         rope_factors: Option<Vec<f32>>,

@@ -85,55 +85,11 @@ __device__ __forceinline__ GroupScale group_scale(const QParams& p, float xmax, 
   return g;
 }
 
-// w: [n_groups, G] f32; gamma, beta: [n_groups]; out: [n_groups, G].
-template <typename T>
-__device__ void fake_quant_fwd(const float* __restrict__ w, const float* __restrict__ gamma,
-                               const float* __restrict__ beta, T* __restrict__ out,
-                               int64_t n_groups, int G, QParams p) {
-  int64_t group = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-  int lane = threadIdx.x % 32;
-  if (group >= n_groups) return;
-  const float* x = w + group * G;
-  float xmax, xmin;
-  group_extremes(x, G, lane, xmax, xmin);
-  GroupScale g = group_scale(p, xmax, xmin, gamma[group], beta[group]);
-  T* o = out + group * G;
-  for (int i = lane; i < G; i += 32) {
-    float q = rintf(x[i] / g.s) + g.z;
-    q = fminf(fmaxf(q, 0.0f), p.qmax);
-    o[i] = from_f32<T>((q - g.z) * g.s);
-  }
-}
-
-__device__ __forceinline__ void logit_grads(const QParams& p, const GroupScale& g, float acc,
-                                            float xmax, float xmin, float* out);
-
-// grad: [n_groups, G] (dL/dŵ); gb: [n_groups, 2] = (γ, β); out: [n_groups, 2] = (dL/dγ, dL/dβ).
-// dŵ/ds is round(u) − u inside the clamp (u = x/s) and q − z outside it (PyTorch's clamp passes
-// the gradient on the inclusive range); ds/dγ and ds/dβ are zero where s hit its own clamp.
-template <typename T>
-__device__ void fake_quant_bwd(const T* __restrict__ grad, const float* __restrict__ w,
-                               const float* __restrict__ gb, float* __restrict__ out,
-                               int64_t n_groups, int G, QParams p) {
-  int64_t group = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-  int lane = threadIdx.x % 32;
-  if (group >= n_groups) return;
-  const float* x = w + group * G;
-  const T* gr = grad + group * G;
-  float xmax, xmin;
-  group_extremes(x, G, lane, xmax, xmin);
-  GroupScale g = group_scale(p, xmax, xmin, gb[group * 2], gb[group * 2 + 1]);
-  float acc = 0.0f;
-  for (int i = lane; i < G; i += 32) {
-    float u = x[i] / g.s;
-    float r = rintf(u);
-    float pre = r + g.z;
-    float d = (pre >= 0.0f && pre <= p.qmax) ? (r - u) : (fminf(fmaxf(pre, 0.0f), p.qmax) - g.z);
-    acc += to_f32(gr[i]) * d;
-  }
-  acc = warp_sum(acc);
-  if (lane != 0) return;
-  logit_grads(p, g, acc, xmax, xmin, out + group * 2);
+// The fake-quantized value of one element.
+__device__ __forceinline__ float fake_value(const QParams& p, const GroupScale& g, float x) {
+  float q = rintf(x / g.s) + g.z;
+  q = fminf(fmaxf(q, 0.0f), p.qmax);
+  return (q - g.z) * g.s;
 }
 
 // From Σ dL/dŵ·dŵ/ds over the group: (dL/dγ, dL/dβ) into out[0], out[1].
@@ -159,7 +115,8 @@ __device__ __forceinline__ void logit_grads(const QParams& p, const GroupScale& 
   out[1] = db;
 }
 
-// dŵ/ds of one element (see fake_quant_bwd).
+// dŵ/ds of one element: round(u) − u inside the clamp (u = x/s), q − z outside it (PyTorch's
+// clamp passes the gradient on the inclusive range).
 __device__ __forceinline__ float dw_ds(const QParams& p, const GroupScale& g, float x) {
   float u = x / g.s;
   float r = rintf(u);
@@ -167,10 +124,48 @@ __device__ __forceinline__ float dw_ds(const QParams& p, const GroupScale& g, fl
   return (pre >= 0.0f && pre <= p.qmax) ? (r - u) : (fminf(fmaxf(pre, 0.0f), p.qmax) - g.z);
 }
 
+// w: [n_groups, G] f32; gamma, beta: [n_groups]; out: [n_groups, G].
+template <typename T>
+__device__ void fake_quant_fwd(const float* __restrict__ w, const float* __restrict__ gamma,
+                               const float* __restrict__ beta, T* __restrict__ out,
+                               int64_t n_groups, int G, QParams p) {
+  int64_t group = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  int lane = threadIdx.x % 32;
+  if (group >= n_groups) return;
+  const float* x = w + group * G;
+  float xmax, xmin;
+  group_extremes(x, G, lane, xmax, xmin);
+  GroupScale g = group_scale(p, xmax, xmin, gamma[group], beta[group]);
+  T* o = out + group * G;
+  for (int i = lane; i < G; i += 32) o[i] = from_f32<T>(fake_value(p, g, x[i]));
+}
+
+// grad: [n_groups, G] (dL/dŵ); gb: [n_groups, 2] = (γ, β); out: [n_groups, 2] = (dL/dγ, dL/dβ).
+// ds/dγ and ds/dβ are zero where s hit its own clamp.
+template <typename T>
+__device__ void fake_quant_bwd(const T* __restrict__ grad, const float* __restrict__ w,
+                               const float* __restrict__ gb, float* __restrict__ out,
+                               int64_t n_groups, int G, QParams p) {
+  int64_t group = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  int lane = threadIdx.x % 32;
+  if (group >= n_groups) return;
+  const float* x = w + group * G;
+  const T* gr = grad + group * G;
+  float xmax, xmin;
+  group_extremes(x, G, lane, xmax, xmin);
+  GroupScale g = group_scale(p, xmax, xmin, gb[group * 2], gb[group * 2 + 1]);
+  float acc = 0.0f;
+  for (int i = lane; i < G; i += 32) acc += to_f32(gr[i]) * dw_ds(p, g, x[i]);
+  acc = warp_sum(acc);
+  if (lane != 0) return;
+  logit_grads(p, g, acc, xmax, xmin, out + group * 2);
+}
+
 // The same two passes for groups of G = 8·EPL (32, 64, 128): eight lanes per group, EPL
 // consecutive values per lane held in registers, read and written in 16-byte (or 8-byte)
 // pieces, so a warp has four groups' loads in flight at once. Same arithmetic per element;
 // only the order of the backward's sum differs.
+
 // EPL values of T from src to dst, both 16-byte aligned (8-byte when EPL·sizeof(T) is 8).
 template <typename T, int EPL>
 __device__ __forceinline__ void copy_t(T* dst, const T* src) {
@@ -214,11 +209,7 @@ __device__ void fake_quant_fwd_lanes(const float* __restrict__ w, const float* _
   GroupScale g = group_scale(p, xmax, xmin, gamma[group], beta[group]);
   __align__(16) T r[EPL];
 #pragma unroll
-  for (int k = 0; k < EPL; ++k) {
-    float q = rintf(v[k] / g.s) + g.z;
-    q = fminf(fmaxf(q, 0.0f), p.qmax);
-    r[k] = from_f32<T>((q - g.z) * g.s);
-  }
+  for (int k = 0; k < EPL; ++k) r[k] = from_f32<T>(fake_value(p, g, v[k]));
   if (live) copy_t<T, EPL>(out + first, r);
 }
 

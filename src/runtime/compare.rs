@@ -8,12 +8,13 @@
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
+use super::perplexity::{nll_of, read_tokens};
 use super::Runtime;
 
 #[derive(Debug, Clone)]
@@ -71,11 +72,7 @@ fn decode_chunk(
         .map_err(|e| anyhow!("llama.cpp decode failed: {e}"))
 }
 
-pub fn run(
-    rt: &Runtime,
-    a: &CompareArgs,
-    mut on_chunk: impl FnMut(usize, usize),
-) -> Result<Comparison> {
+pub fn run(rt: &Runtime, a: &CompareArgs) -> Result<Comparison> {
     let (reference, _) = rt.load_with_lora(&a.reference, None)?;
     let (model, mut adapter) = rt.load_with_lora(&a.model, a.lora.as_deref())?;
     if reference.n_vocab() != model.n_vocab() {
@@ -87,14 +84,8 @@ pub fn run(
             model.n_vocab()
         );
     }
-    let mut text =
-        std::fs::read(&a.text).with_context(|| format!("{}: cannot read", a.text.display()))?;
-    if text.last() == Some(&b'\n') {
-        text.pop(); // as llama-perplexity's -f
-    }
     let vocab = reference.vocab();
-    let mut tokens: Vec<LlamaToken> = Vec::with_capacity(text.len() + 2);
-    vocab.tokenize_into(&text, &mut tokens, true, false);
+    let tokens = read_tokens(&reference, &a.text)?;
     let n_ctx = a.n_ctx;
     if n_ctx < 4 || tokens.len() < 2 * n_ctx {
         bail!(
@@ -129,10 +120,14 @@ pub fn run(
         decode_chunk(&mut ctx_m, &mut batch, &chunk)?;
         for pos in first..n_ctx - 1 {
             let next = tokens[i * n_ctx + pos + 1].0 as usize;
-            let lr = log_softmax(ctx_r.get_logits_ith(pos as i32));
-            let lm = log_softmax(ctx_m.get_logits_ith(pos as i32));
-            nll_r -= lr[next];
-            nll_m -= lm[next];
+            let (logits_r, logits_m) = (
+                ctx_r.get_logits_ith(pos as i32),
+                ctx_m.get_logits_ith(pos as i32),
+            );
+            // The perplexities in llama-perplexity's arithmetic, as `perplexity` computes them.
+            nll_r += nll_of(logits_r, next);
+            nll_m += nll_of(logits_m, next);
+            let (lr, lm) = (log_softmax(logits_r), log_softmax(logits_m));
             kl += lr
                 .iter()
                 .zip(&lm)
@@ -141,7 +136,6 @@ pub fn run(
             agree += usize::from(argmax(&lr) == argmax(&lm));
             count += 1;
         }
-        on_chunk(i + 1, n_chunk);
     }
     let n = count as f64;
     Ok(Comparison {

@@ -5,11 +5,12 @@
 //! chunks decoded side by side, and the same log-softmax (f32 max, f64 sum).
 
 use std::num::NonZeroU32;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
 use super::Runtime;
@@ -37,10 +38,23 @@ pub struct PerplexityResult {
 }
 
 /// -log p(tok) as llama-perplexity's `log_softmax`: f32 max, expf terms summed in f64.
-fn nll_of(logits: &[f32], tok: usize) -> f64 {
+pub(super) fn nll_of(logits: &[f32], tok: usize) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum: f64 = logits.iter().map(|&v| f64::from((v - max).exp())).sum();
     -(f64::from(logits[tok] - max) - sum.ln())
+}
+
+/// `path` tokenized as llama-perplexity's `-f` reads it: the whole file less one trailing
+/// newline, BOS added where the vocabulary adds it, special-token text not parsed.
+pub(super) fn read_tokens(model: &LlamaModel, path: &Path) -> Result<Vec<LlamaToken>> {
+    let mut text =
+        std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if text.last() == Some(&b'\n') {
+        text.pop();
+    }
+    let mut tokens: Vec<LlamaToken> = Vec::with_capacity(text.len() + 2);
+    model.vocab().tokenize_into(&text, &mut tokens, true, false);
+    Ok(tokens)
 }
 
 pub fn run(
@@ -49,11 +63,6 @@ pub fn run(
     mut on_chunk: impl FnMut(usize, f64),
 ) -> Result<PerplexityResult> {
     let (model, mut adapter) = rt.load_with_lora(&a.model, a.lora.as_deref())?;
-    let mut text =
-        std::fs::read(&a.text).with_context(|| format!("{}: cannot read", a.text.display()))?;
-    if text.last() == Some(&b'\n') {
-        text.pop(); // llama-perplexity's -f drops one trailing newline
-    }
     let vocab = model.vocab();
     let add_bos = vocab.should_add_bos();
     if vocab.should_add_eos() {
@@ -62,8 +71,7 @@ pub fn run(
             a.model.display()
         );
     }
-    let mut tokens: Vec<LlamaToken> = Vec::with_capacity(text.len() + 2);
-    vocab.tokenize_into(&text, &mut tokens, true, false);
+    let tokens = read_tokens(&model, &a.text)?;
     let bos = vocab.bos();
     let n_ctx = a.n_ctx;
     if n_ctx < 4 {
