@@ -23,6 +23,21 @@ const LIBS: [(&str, &str); 4] = [
     ("ggml-cpu", "apiq_ggml_cpu"),
     ("ggml-base", "apiq_ggml_base"),
 ];
+/// With the `cuda` feature: ggml's CUDA backend with our kernels (vendor/ggml-apiq2/*.cuh).
+const CUDA_LIB: (&str, &str) = ("ggml-cuda", "apiq_ggml_cuda");
+
+fn cuda() -> bool {
+    env::var_os("CARGO_FEATURE_CUDA").is_some()
+}
+
+/// The patched libraries of this build.
+fn libs() -> Vec<(&'static str, &'static str)> {
+    let mut v = LIBS.to_vec();
+    if cuda() {
+        v.push(CUDA_LIB);
+    }
+    v
+}
 
 /// Our CUDA kernels (feature `cuda`), each compiled to `OUT_DIR/cuda/NAME.fatbin`.
 const CUDA_SOURCES: [&str; 4] = [
@@ -37,7 +52,7 @@ fn main() {
     println!("cargo:rerun-if-changed={PATCH}");
     println!("cargo:rerun-if-changed={KERNELS}");
     let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
-    if env::var_os("CARGO_FEATURE_CUDA").is_some() {
+    if cuda() {
         compile_cuda(&out);
     }
     build_llama(&out);
@@ -67,18 +82,22 @@ fn nvcc() -> PathBuf {
 /// Machine code (SASS) for each architecture of `APIQ_CUDA_ARCHS` (comma-separated compute
 /// capabilities, e.g. `80,90`; default: `CUDA_COMPUTE_CAP`, which candle's build reads too,
 /// else 90), plus PTX of the newest for later GPUs: no JIT at load time on the listed ones.
-fn compile_cuda(out: &Path) {
+fn cuda_archs() -> Vec<String> {
     println!("cargo:rerun-if-env-changed=APIQ_CUDA_ARCHS");
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
-    println!("cargo:rerun-if-env-changed=NVCC");
     let archs = env::var("APIQ_CUDA_ARCHS")
         .or_else(|_| env::var("CUDA_COMPUTE_CAP"))
         .unwrap_or_else(|_| "90".into());
-    let archs: Vec<String> = archs
+    archs
         .split(',')
         .map(|a| a.trim().replace('.', ""))
         .filter(|a| !a.is_empty())
-        .collect();
+        .collect()
+}
+
+fn compile_cuda(out: &Path) {
+    println!("cargo:rerun-if-env-changed=NVCC");
+    let archs = cuda_archs();
     let dir = out.join("cuda");
     fs::create_dir_all(&dir).expect("creating OUT_DIR/cuda");
     let nvcc = nvcc();
@@ -123,17 +142,51 @@ fn llama_inputs(pristine: &Path) -> String {
         "CARGO_ENCODED_RUSTFLAGS",
         "CARGO_CFG_TARGET_FEATURE",
         "PROFILE",
+        "CARGO_FEATURE_CUDA",
     ] {
         env::var(var).unwrap_or_default().hash(&mut h);
+    }
+    if cuda() {
+        cuda_archs().hash(&mut h);
     }
     format!("{:016x}", h.finish())
 }
 
 fn link_llama(libdir: &Path) {
     println!("cargo:rustc-link-search=native={}", libdir.display());
-    for (_, link_name) in LIBS {
+    for (_, link_name) in libs() {
         println!("cargo:rustc-link-lib=static:+whole-archive={link_name}");
     }
+    if cuda() {
+        // ggml-cuda's own dependencies: the runtime, cuBLAS and the driver (the stub at link
+        // time; the real one is loaded at start).
+        let root = cuda_root();
+        for dir in ["lib64", "lib", "lib64/stubs", "lib/stubs"] {
+            let d = root.join(dir);
+            if d.is_dir() {
+                println!("cargo:rustc-link-search=native={}", d.display());
+            }
+        }
+        for lib in ["cudart", "cublas", "cublasLt", "cuda"] {
+            println!("cargo:rustc-link-lib=dylib={lib}");
+        }
+    }
+}
+
+/// The CUDA toolkit: $CUDA_ROOT, $CUDA_HOME or $CUDA_PATH, else the folder above nvcc's.
+fn cuda_root() -> PathBuf {
+    ["CUDA_ROOT", "CUDA_HOME", "CUDA_PATH"]
+        .iter()
+        .filter_map(env::var_os)
+        .map(PathBuf::from)
+        .find(|d| d.is_dir())
+        .unwrap_or_else(|| {
+            let nvcc = nvcc().canonicalize().expect("nvcc's path");
+            nvcc.ancestors()
+                .nth(2)
+                .expect("nvcc in TOOLKIT/bin")
+                .to_path_buf()
+        })
 }
 
 fn build_llama(out: &Path) {
@@ -164,7 +217,7 @@ fn build_llama(out: &Path) {
     let dst = configure(&tree).build();
 
     fs::create_dir_all(&libdir).expect("creating apiq-libs");
-    for (cmake_name, link_name) in LIBS {
+    for (cmake_name, link_name) in libs() {
         let built = ["lib", "lib64"]
             .iter()
             .map(|d| dst.join(d).join(format!("lib{cmake_name}.a")))
@@ -244,9 +297,19 @@ fn configure(tree: &Path) -> cmake::Config {
         ("LLAMA_CURL", "OFF"),
         ("BUILD_SHARED_LIBS", "OFF"),
         ("GGML_OPENMP", "ON"),
-        ("GGML_CUDA", "OFF"),
     ] {
         cfg.define(key, value);
+    }
+    if cuda() {
+        // Flash attention's kernels are a third of ggml-cuda's build time and the runtime's
+        // perplexity and generation do not need them (llama.cpp falls back to its plain path).
+        cfg.define("GGML_CUDA", "ON")
+            .define("GGML_CUDA_FA", "OFF")
+            .define("CMAKE_CUDA_ARCHITECTURES", cuda_archs().join(";"))
+            .define("CMAKE_CUDA_COMPILER", nvcc())
+            .define("CUDAToolkit_ROOT", cuda_root());
+    } else {
+        cfg.define("GGML_CUDA", "OFF");
     }
     let rustflags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
     let target_cpu = rustflags

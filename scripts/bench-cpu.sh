@@ -32,7 +32,7 @@ for ty in Q4_0 Q2_K Q2_0; do
     --output-tensor-type q8_0 "$work/smol-apiq2.f16.gguf" "$f" "$ty" >/dev/null 2>&1
 done
 for ty in apiq2 q4_0 q2_k q2_0; do
-  [ -f "$work/r7-$ty.gguf" ] || python3 scripts/make-random-model.py "$smol" "$work/r7-$ty.gguf" "$ty"
+  [ -f "$work/r7-$ty.gguf" ] || python3 scripts/make-random-model.py "$smol" "$work/r7-$ty.gguf" "$ty" >/dev/null
 done
 
 rows=()

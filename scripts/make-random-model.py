@@ -3,18 +3,20 @@
 
   scripts/make-random-model.py VOCAB_GGUF OUT.gguf TYPE [--shape llama2-7b|smollm2-135m]
 
-TYPE is the linears' type: apiq2, q4_0, q2_k or q2_0. The blocks hold random codes with
+Prints bytes_read_per_token=N: the bytes of every tensor but the token embeddings.
+
+TYPE is the linears' type: apiq2, q4_0, q4_k, q2_k or q2_0. The blocks hold random codes with
 small finite scales, so every kernel does the same work as on real weights. Token embeddings and
 the output matrix are Q8_0, norms F32. The vocabulary and tokenizer keys are copied from
 VOCAB_GGUF (any llama-architecture GGUF), so the vocabulary size is that file's.
-Needs numpy and the gguf package (to read VOCAB_GGUF).
+Needs numpy only (VOCAB_GGUF's keys are read here, so machines without the gguf package and its
+dependencies can run it).
 """
 import argparse
 import os
 import struct
 
 import numpy as np
-from gguf import GGUFReader
 
 SHAPES = {
     # hidden, ffn, layers, heads, kv heads
@@ -26,10 +28,11 @@ TYPES = {
     "apiq2": (160, 64, 20, (0, 2)),
     "q4_0": (2, 32, 18, (0,)),
     "q2_k": (10, 256, 84, (80, 82)),
+    "q4_k": (12, 256, 144, (0, 2)),
     "q2_0": (42, 64, 18, (0,)),
     "q8_0": (8, 32, 34, (0,)),
 }
-FTYPES = {"apiq2": 160, "q4_0": 2, "q2_k": 10, "q2_0": 41}
+FTYPES = {"apiq2": 160, "q4_0": 2, "q4_k": 14, "q2_k": 10, "q2_0": 41}
 ALIGN = 32
 
 
@@ -42,6 +45,44 @@ def blocks(rng, type_name, rows, cols):
     for off in scale_offsets:
         data[:, off:off + 2] = scale
     return data.tobytes()
+
+
+# GGUF metadata value types: fixed sizes; 8 is a string, 9 an array (element type, count, elements).
+SCALAR_SIZES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+
+
+def read_kvs(path):
+    """(key, raw bytes of the whole key-value entry, array length or None) of a GGUF file."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+        assert head[:4] == b"GGUF", f"{path} is not a GGUF file"
+        _, _, n_kv = struct.unpack("<IQQ", head[4:])
+        buf = f.read(64 << 20)  # the metadata of any vocabulary fits
+
+    def skip_value(pos, vtype):
+        if vtype == 8:
+            (n,) = struct.unpack_from("<Q", buf, pos)
+            return pos + 8 + n
+        if vtype == 9:
+            etype, count = struct.unpack_from("<IQ", buf, pos)
+            pos += 12
+            if etype in SCALAR_SIZES:
+                return pos + count * SCALAR_SIZES[etype]
+            for _ in range(count):
+                pos = skip_value(pos, etype)
+            return pos
+        return pos + SCALAR_SIZES[vtype]
+
+    pos, out = 0, []
+    for _ in range(n_kv):
+        start = pos
+        (n,) = struct.unpack_from("<Q", buf, pos)
+        key = buf[pos + 8:pos + 8 + n].decode()
+        (vtype,) = struct.unpack_from("<I", buf, pos + 8 + n)
+        count = struct.unpack_from("<Q", buf, pos + 12 + n + 4)[0] if vtype == 9 else None
+        pos = skip_value(pos + 12 + n, vtype)
+        out.append((key, buf[start:pos], count))
+    return out
 
 
 def gguf_string(s):
@@ -70,14 +111,13 @@ def main():
     a = ap.parse_args()
     hidden, ffn, layers, heads, kv_heads = SHAPES[a.shape]
 
-    reader = GGUFReader(a.vocab_gguf)
     kvs = []
     n_vocab = None
-    for name, field in reader.fields.items():
+    for name, raw, count in read_kvs(a.vocab_gguf):
         if name.startswith("tokenizer."):
-            kvs.append(b"".join(p.tobytes() for p in field.parts))
+            kvs.append(raw)
             if name == "tokenizer.ggml.tokens":
-                n_vocab = len(field.data)
+                n_vocab = count
     assert n_vocab, "VOCAB_GGUF has no tokenizer.ggml.tokens"
     kvs += [
         kv_str("general.architecture", "llama"),
@@ -145,6 +185,9 @@ def main():
             f.write(data)
             f.write(b"\0" * (-len(data) % ALIGN))
     os.replace(tmp, a.out)
+    # what one decoded token reads: every tensor but the embeddings, of which it reads one row
+    read = sum(nbytes(t, rows, cols) for name, t, rows, cols in tensors if name != "token_embd.weight")
+    print(f"bytes_read_per_token={read}")
 
 
 if __name__ == "__main__":

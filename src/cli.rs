@@ -229,6 +229,10 @@ pub struct EvalCli {
     /// CPU threads of the scoring (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
+    /// Layers of each scored model (and of llama-imatrix's) offloaded to the GPU (as -ngl; 99:
+    /// all). Needs a build with `--features cuda` (and llama.cpp tools built with CUDA).
+    #[arg(long = "gpu-layers", visible_alias = "ngl", default_value_t = 0)]
+    pub gpu_layers: u32,
     /// Folder holding stock llama.cpp's llama-quantize and llama-imatrix (scripts/build-stock-llama.sh
     /// builds them from the PyPI sdist): adds rows of llama.cpp's own types, each without and
     /// with an importance matrix from the same calibration text.
@@ -320,6 +324,10 @@ pub struct BenchCli {
     /// Repetitions of each test.
     #[arg(short = 'r', long = "reps", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub reps: u64,
+    /// Layers to offload to the GPU (llama.cpp's -ngl; 99 or more: all). Needs a build with
+    /// `--features cuda`; 0 runs on the CPU.
+    #[arg(long = "gpu-layers", visible_alias = "ngl", default_value_t = 0)]
+    pub gpu_layers: u32,
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
@@ -347,6 +355,10 @@ pub struct PerplexityCli {
     /// Scale of the LoRA adapter.
     #[arg(long, default_value_t = 1.0)]
     pub lora_scale: f32,
+    /// Layers to offload to the GPU (llama.cpp's -ngl; 99 or more: all). Needs a build with
+    /// `--features cuda`; 0 runs on the CPU.
+    #[arg(long = "gpu-layers", visible_alias = "ngl", default_value_t = 0)]
+    pub gpu_layers: u32,
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
@@ -371,6 +383,10 @@ pub struct GenerateCli {
     /// Also print the prompt's and the generated token ids.
     #[arg(long)]
     pub ids: bool,
+    /// Layers to offload to the GPU (llama.cpp's -ngl; 99 or more: all). Needs a build with
+    /// `--features cuda`; 0 runs on the CPU.
+    #[arg(long = "gpu-layers", visible_alias = "ngl", default_value_t = 0)]
+    pub gpu_layers: u32,
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,

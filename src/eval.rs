@@ -168,6 +168,8 @@ pub struct EvalArgs {
     pub n_ctx: usize,
     pub n_chunks: Option<usize>,
     pub threads: i32,
+    /// Passed to llama-imatrix as -ngl (the scoring's offload is the runtime's).
+    pub gpu_layers: u32,
 }
 
 fn row_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
@@ -217,6 +219,7 @@ fn imatrix(
     dir: &Path,
     n_ctx: usize,
     threads: i32,
+    gpu_layers: u32,
 ) -> Result<PathBuf> {
     let out = dir.join("rows/imatrix.gguf");
     if out.is_file() {
@@ -237,7 +240,8 @@ fn imatrix(
         .arg("-o")
         .arg(&partial)
         .args(["-c", &n_ctx.to_string(), "--chunks", "128"])
-        .args(["-t", &threads.to_string()]);
+        .args(["-t", &threads.to_string()])
+        .args(["-ngl", &gpu_layers.to_string()]);
     run_logged(cmd, &dir.join("rows/imatrix.log"), "llama-imatrix")?;
     std::fs::rename(&partial, &out)?;
     Ok(out)
@@ -288,7 +292,14 @@ pub fn run(rt: &Runtime, a: &EvalArgs) -> Result<Vec<RowResult>> {
             (Some(stock), Some(tools)) => {
                 eprintln!("{head}: llama-quantize {}", stock.ftype);
                 let m = if stock.imatrix {
-                    Some(imatrix(tools, &a.source, &a.dir, a.n_ctx, a.threads)?)
+                    Some(imatrix(
+                        tools,
+                        &a.source,
+                        &a.dir,
+                        a.n_ctx,
+                        a.threads,
+                        a.gpu_layers,
+                    )?)
                 } else {
                     None
                 };

@@ -215,7 +215,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Some(Command::Eval(a)) => {
-            let rt = Runtime::init(cli.verbose)?;
+            let rt = Runtime::init(cli.verbose)?.with_gpu_layers(a.gpu_layers)?;
             let stock = a.llama_bin.clone().map(|bin| apiq2gguf::eval::StockTools {
                 bin,
                 calib_files: a.calib.clone(),
@@ -235,6 +235,7 @@ fn run(cli: Cli) -> Result<()> {
                 n_ctx: a.ctx,
                 n_chunks: a.chunks,
                 threads: runtime::threads(a.threads),
+                gpu_layers: a.gpu_layers,
             };
             apiq2gguf::eval::run(&rt, &args)?;
             eprintln!("wrote {}", a.dir.join("results.md").display());
@@ -246,7 +247,7 @@ fn run(cli: Cli) -> Result<()> {
             write!(out, "{}", inspect::render(&g))?;
         }
         Some(Command::Perplexity(a)) => {
-            let rt = Runtime::init(cli.verbose)?;
+            let rt = Runtime::init(cli.verbose)?.with_gpu_layers(a.gpu_layers)?;
             let args = perplexity::PerplexityArgs {
                 model: a.model,
                 text: a.text,
@@ -266,7 +267,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("{} tokens, {} scored", r.n_tokens, r.n_scored);
         }
         Some(Command::Generate(a)) => {
-            let rt = Runtime::init(cli.verbose)?;
+            let rt = Runtime::init(cli.verbose)?.with_gpu_layers(a.gpu_layers)?;
             let g = runtime::generate::generate(
                 &rt,
                 &runtime::generate::GenerateArgs {
@@ -286,7 +287,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Some(Command::Bench(a)) => {
-            let rt = Runtime::init(cli.verbose)?;
+            let rt = Runtime::init(cli.verbose)?.with_gpu_layers(a.gpu_layers)?;
             let threads = runtime::threads(a.threads);
             let r = runtime::bench::run(
                 &rt,

@@ -1,4 +1,5 @@
-//! Running GGUF files with llama.cpp (the pinned llama-cpp-2 / llama-cpp-sys-2), on the CPU.
+//! Running GGUF files with llama.cpp (the pinned llama-cpp-2 / llama-cpp-sys-2): on the CPU, and
+//! with `--features cuda` layers offloaded to the GPU (`--gpu-layers`).
 
 pub mod bench;
 pub mod compare;
@@ -18,6 +19,8 @@ use llama_cpp_2::model::{LlamaLoraAdapter, LlamaModel};
 /// The llama.cpp backend; `LlamaBackend::init` works once per process.
 pub struct Runtime {
     pub backend: LlamaBackend,
+    /// Layers every model loads onto the GPU (llama.cpp's `-ngl`); 0 runs on the CPU.
+    gpu_layers: u32,
 }
 
 impl Runtime {
@@ -28,7 +31,26 @@ impl Runtime {
                 llama_cpp_2::LogOptions::default().with_logs_enabled(false),
             );
         }
-        Ok(Runtime { backend })
+        Ok(Runtime {
+            backend,
+            gpu_layers: 0,
+        })
+    }
+
+    /// Offloads the first `layers` layers of every model it loads (all of them for a number at
+    /// least the model's layer count), if this build has a GPU backend and finds a device.
+    pub fn with_gpu_layers(mut self, layers: u32) -> Result<Runtime> {
+        #[allow(unsafe_code)]
+        // SAFETY: a plain query of the linked llama.cpp, no arguments.
+        let gpu = unsafe { llama_cpp_sys_2::llama_supports_gpu_offload() };
+        if layers > 0 && !gpu {
+            bail!(
+                "--gpu-layers {layers}: this build runs on the CPU only (build with `--features \
+                 cuda` for the CUDA backend) or it finds no GPU"
+            );
+        }
+        self.gpu_layers = layers;
+        Ok(self)
     }
 
     /// ggml's CPU feature line (`llama_print_system_info`), to check what the build uses.
@@ -68,7 +90,7 @@ impl Runtime {
         }
         // Our own reader gives precise reasons where llama.cpp only says "null result".
         crate::gguf::GgufFile::open(path)?;
-        let params = LlamaModelParams::default().with_n_gpu_layers(0);
+        let params = LlamaModelParams::default().with_n_gpu_layers(self.gpu_layers);
         LlamaModel::load_from_file(&self.backend, path, &params).map_err(|e| {
             anyhow::anyhow!("{}: llama.cpp cannot load this model ({e})", path.display())
         })

@@ -257,3 +257,25 @@ fn interrupt_leaves_nothing_behind() {
         "files left after Ctrl-C"
     );
 }
+
+#[test]
+fn gpu_layers_without_a_gpu_backend() {
+    if cfg!(feature = "cuda") {
+        return; // a CUDA build takes the flag
+    }
+    let model = shared().join("models/stories260K/stories260K.gguf");
+    let o = run(&[
+        "perplexity".as_ref(),
+        model.as_os_str(),
+        "-f".as_ref(),
+        tiny_text().as_os_str(),
+        "--gpu-layers".as_ref(),
+        "99".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.starts_with("error: --gpu-layers 99:") && err.contains("--features cuda"),
+        "{err}"
+    );
+}

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# APIQ2 on CUDA inside llama.cpp, on a GPU machine with nvcc, CMake and ninja (no Rust, no
+# network needed): builds a llama.cpp tree with vendor/ applied and the CUDA backend, runs the
+# CUDA test (vendor/tests/test-apiq2-cuda.c: GPU against the CPU backend and exact math), scores
+# an APIQ2 model's perplexity fully offloaded and on the CPU, times pp512/tg128 of
+# Llama-2-7B-shaped random models in APIQ2 and stock Q2_0, Q2_K, Q4_0, Q4_K (same tree, all
+# layers offloaded) against the card's measured copy bandwidth, and shows that the test fails
+# with mutated kernels. Prints a table last.
+#   scripts/gpu-llama-apiq2.sh TREE BUILD WORK
+# TREE: a llama.cpp source tree (e.g. the one inside the PyPI sdist llama-cpp-python==0.3.36,
+# scripts/fetch-llama-sdist.sh), patched in place. Environment:
+#   STAGES      what to run, default "build test ppl bench mutate"; results collect in
+#               WORK/results and every run prints the table of all of them, so a machine with a
+#               time limit per command can run the stages in turn
+#   MODEL LORA  an APIQ2 GGUF (and adapter) for the perplexity stage; TEXT the evaluation text
+#               (WikiText-2 test, raw); scored 512 tokens x 40 chunks
+#   VOCAB       any llama GGUF whose vocabulary the random models take (default: MODEL)
+#   CUDA_ARCHS  CMAKE_CUDA_ARCHITECTURES, default 90 (Hopper)
+# Flash attention is built off (GGML_CUDA_FA=OFF: a third of the build time), alike for every type.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+tree=${1:?usage: $0 TREE BUILD WORK}
+build=${2:?usage: $0 TREE BUILD WORK}
+work=${3:?usage: $0 TREE BUILD WORK}
+stages=${STAGES:-build test ppl bench mutate}
+mkdir -p "$work"
+results=$work/results
+bin=$build/bin
+threads=$(nproc)
+has() { [[ " $stages " == *" $1 "* ]]; }
+record() { echo "$1" >> "$results"; }
+
+build() {
+  local s=$SECONDS
+  LLAMA_TARGETS="llama-perplexity llama-bench ggml-cuda" "$here/scripts/llama-cpp-apiq2.sh" "$tree" "$build" -- \
+    -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90}" -DGGML_CUDA_FA=OFF \
+    -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF >/dev/null
+  echo "build: $((SECONDS - s)) s" >&2
+}
+
+if has build; then
+  build
+  record "build|$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1)|$SECONDS s"
+fi
+
+if has test; then
+  # batches above 8: the default dequantize + cuBLAS path, then the MMQ kernel
+  for mmq in 0 1; do
+    log=$work/test-mmq$mmq.log
+    if GGML_APIQ2_MMQ=$mmq "$bin/test-apiq2-cuda" > "$log" 2>&1; then verdict=OK; else verdict=FAILED; fi
+    record "test|$(sed -n 's/.*n > 8: //p' "$log")|$verdict - $(grep 'MUL_MAT cases' "$log" || tail -1 "$log")"
+    tail -2 "$log" >&2
+  done
+fi
+
+ppl() { # GPU_LAYERS [extra flags]: the final perplexity estimate
+  local ngl=$1; shift
+  "$bin/llama-perplexity" -m "$MODEL" ${LORA:+--lora "$LORA"} -f "$TEXT" -c 512 --chunks 40 \
+    -t "$threads" -ngl "$ngl" "$@" 2>&1 | tee -a "$work/ppl.log" |
+    sed -n 's/.*Final estimate: PPL = \([0-9.]*\).*/\1/p'
+}
+if has ppl && [ -n "${MODEL:-}" ]; then
+  name="$(basename "$MODEL")${LORA:+ + $(basename "$LORA")}"
+  cpu=$(ppl 0 --device none)
+  record "ppl|$name, CPU|$cpu|$cpu"
+  record "ppl|$name, GPU: cuBLAS F16 (default)|$(ppl 99)|$cpu"
+  record "ppl|$name, GPU: cuBLAS BF16|$(GGML_CUDA_CUBLAS_COMPUTE_TYPE=bf16 ppl 99)|$cpu"
+  record "ppl|$name, GPU: cuBLAS F32|$(GGML_CUDA_CUBLAS_COMPUTE_TYPE=f32 ppl 99)|$cpu"
+  record "ppl|$name, GPU: MMQ (int8 activations)|$(GGML_APIQ2_MMQ=1 ppl 99)|$cpu"
+fi
+
+if has bench; then
+  vocab=${VOCAB:-${MODEL:?bench needs VOCAB or MODEL (the random models take its vocabulary)}}
+  # the card's copy bandwidth (read + write), against which tg128's bytes per token are set
+  cat > "$work/bw.cu" <<'CU'
+#include <cstdio>
+#include <cuda_runtime.h>
+int main() {
+    const size_t n = size_t(2) << 30;
+    void *a, *b;
+    cudaMalloc(&a, n); cudaMalloc(&b, n);
+    cudaMemset(a, 1, n);
+    cudaEvent_t t0, t1;
+    cudaEventCreate(&t0); cudaEventCreate(&t1);
+    for (int i = 0; i < 3; i++) cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(t0);
+    for (int i = 0; i < 20; i++) cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice);
+    cudaEventRecord(t1);
+    cudaEventSynchronize(t1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, t0, t1);
+    printf("%.1f\n", 2.0 * n * 20 / (ms / 1e3) / 1e9);
+    return 0;
+}
+CU
+  nvcc -O2 -o "$work/bw" "$work/bw.cu"
+  record "bandwidth|$("$work/bw")"
+  for ty in apiq2 apiq2-mmq q2_0 q2_k q4_0 q4_k; do
+    base=${ty%-mmq}
+    f=$work/r7-$base.gguf
+    [ -f "$f" ] || python3 "$here/scripts/make-random-model.py" "$vocab" "$f" "$base" > "$work/r7-$base.bytes"
+    mmq=0; [ "$ty" = apiq2-mmq ] && mmq=1
+    csv=$(GGML_APIQ2_MMQ=$mmq "$bin/llama-bench" -m "$f" -ngl 99 -p 512 -n 128 -r 3 -t "$threads" -o csv 2>/dev/null)
+    pp=$(echo "$csv" | python3 -c 'import csv,sys; r=[x for x in csv.DictReader(sys.stdin) if x["n_prompt"]=="512"]; print(r[0]["avg_ts"])')
+    tg=$(echo "$csv" | python3 -c 'import csv,sys; r=[x for x in csv.DictReader(sys.stdin) if x["n_gen"]=="128"]; print(r[0]["avg_ts"])')
+    record "bench|$ty|$(stat -c %s "$f")|$(sed -n 's/bytes_read_per_token=//p' "$work/r7-$base.bytes")|$pp|$tg"
+  done
+fi
+
+if has mutate; then
+  # The test must fail when a kernel is wrong: the MMVQ dot product without the offset term, and
+  # the MMQ tile loader with two code words swapped (each in a header only one file includes).
+  k=$tree/ggml/src/ggml-apiq2
+  sed -i 's/return dm.x \* ds.x \* (float) sumi + dm.y \* ds.y;/return dm.x * ds.x * (float) sumi;/' "$k/apiq2-mmvq.cuh"
+  sed -i 's/dst\[4\*j + 0\] = lo.x;/dst[4*j + 0] = lo.y;/; s/dst\[4\*j + 1\] = lo.y;/dst[4*j + 1] = lo.x;/' "$k/apiq2-mmq.cuh"
+  cmake --build "$build" -j"$threads" --target ggml-cuda >/dev/null
+  if GGML_APIQ2_MMQ=1 "$bin/test-apiq2-cuda" > "$work/mutated.log" 2>&1; then verdict="passed (WRONG)"; else verdict="failed, as it must"; fi
+  small=$(grep -cE '^FAIL .* n=[1-8]:' "$work/mutated.log" || true)
+  large=$(grep -cE '^FAIL .* n=([0-9]{2,}):' "$work/mutated.log" || true)
+  record "mutate|$verdict|$small|$large"
+  # the originals back: the next build stage recompiles the two files
+  cp "$here"/vendor/ggml-apiq2/apiq2-mmvq.cuh "$here"/vendor/ggml-apiq2/apiq2-mmq.cuh "$k/"
+fi
+
+# the table of everything recorded so far
+python3 - "$results" <<'PY'
+import sys
+rows = [l.rstrip("\n").split("|") for l in open(sys.argv[1])]
+last = {}
+for r in rows:
+    last[(r[0],) + ((r[1],) if r[0] in ("bench", "ppl", "test") else ())] = r
+def get(kind):
+    return [v for k, v in last.items() if k[0] == kind]
+for r in get("build"):
+    print(f"card: {r[1]}")
+for r in get("test"):
+    print(f"CUDA test, n > 8 by {r[1]}: {r[2]}")
+for r in get("mutate"):
+    print(f"mutated kernels: the test {r[1]} (reports for n <= 8: {r[2]}, for n >= 16: {r[3]})")
+for r in get("ppl"):
+    v, cpu = float(r[2]), float(r[3])
+    print(f"perplexity WT2-512x40, {r[1]}: {v:.4f} ({100 * (v - cpu) / cpu:+.4f} % from the CPU)")
+bw = get("bandwidth")
+bench = {r[1]: r for r in get("bench")}
+if bench:
+    gbs = float(bw[0][1]) if bw else None
+    if gbs:
+        print(f"device copy bandwidth: {gbs:.0f} GB/s (read + write)")
+    ref = bench.get("q4_0")
+    print("| Llama-2-7B shape | file GiB | pp512 t/s | pp / Q4_0 | tg128 t/s | tg / Q4_0 | GB read per token | tg roofline |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for ty in ("apiq2", "apiq2-mmq", "q2_0", "q2_k", "q4_0", "q4_k"):
+        if ty not in bench:
+            continue
+        _, _, size, read, pp, tg = bench[ty]
+        pp, tg, read = float(pp), float(tg), int(read)
+        rp = f"{pp / float(ref[4]):.2f}" if ref else "-"
+        rt = f"{tg / float(ref[5]):.2f}" if ref else "-"
+        roof = f"{100 * tg * read / 1e9 / gbs:.0f} %" if gbs else "-"
+        print(f"| {ty.upper()} | {int(size) / 2**30:.2f} | {pp:.0f} | {rp} | {tg:.1f} | {rt} | {read / 1e9:.2f} | {roof} |")
+PY
