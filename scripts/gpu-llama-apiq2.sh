@@ -17,6 +17,7 @@
 #   VOCAB       any llama GGUF whose vocabulary the random models take (default: MODEL)
 #   CUDA_ARCHS  CMAKE_CUDA_ARCHITECTURES, default 90 (Hopper)
 # Flash attention is built off (GGML_CUDA_FA=OFF: a third of the build time), alike for every type.
+# BUILD/bin also holds llama-quantize and llama-imatrix, for `apiq2gguf eval --llama-bin` there.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 tree=${1:?usage: $0 TREE BUILD WORK}
@@ -32,7 +33,7 @@ record() { echo "$1" >> "$results"; }
 
 build() {
   local s=$SECONDS
-  LLAMA_TARGETS="llama-perplexity llama-bench ggml-cuda" "$here/scripts/llama-cpp-apiq2.sh" "$tree" "$build" -- \
+  LLAMA_TARGETS="llama-perplexity llama-bench llama-quantize llama-imatrix ggml-cuda" "$here/scripts/llama-cpp-apiq2.sh" "$tree" "$build" -- \
     -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-90}" -DGGML_CUDA_FA=OFF \
     -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF >/dev/null
   echo "build: $((SECONDS - s)) s" >&2
