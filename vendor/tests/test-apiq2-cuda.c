@@ -14,6 +14,7 @@
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
 #include "ggml-apiq2/apiq2.h"
+#include "apiq2-test-data.h"
 
 #include "ggml.h"
 #include "ggml-alloc.h"
@@ -26,36 +27,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-static uint64_t rng_state = 0x2545f4914f6cdd1dull;
-
-static double urand(void) { // xorshift64*, uniform in [0, 1)
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (double) ((rng_state * 0x2545f4914f6cdd1dull) >> 11) / 9007199254740992.0;
-}
-
-static float frand(float lo, float hi) { return lo + (hi - lo) * (float) urand(); }
-
-// Weights shaped like calibrated ones: mostly small, some outlier groups, some groups all
-// positive (offset above zero), some constant (d = 0).
-static void fill_weights(float * w, int64_t n) {
-    for (int64_t g = 0; g < n / QK_APIQ2; g++) {
-        const double kind = urand();
-        const float base = kind < 0.1 ? frand(0.5f, 2.0f) : 0.0f;
-        const float amp = kind < 0.2 ? 8.0f : 1.0f;
-        for (int j = 0; j < QK_APIQ2; j++) {
-            w[g * QK_APIQ2 + j] = kind > 0.97 ? 0.25f : base + amp * frand(-1.0f, 1.0f);
-        }
-    }
-}
-
-static void fill_acts(float * x, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        x[i] = (i % 97 == 5) ? frand(-40.0f, 40.0f) : frand(-2.0f, 2.0f);
-    }
-}
 
 static int failures = 0;
 
@@ -258,6 +229,7 @@ static void test_shape(ggml_backend_t gpu, ggml_backend_t cpu, int k, int m, con
 }
 
 int main(void) {
+    rng_state = 0x2545f4914f6cdd1dull; // the stream of the measurements in the README
     ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_GPU);
     if (dev == NULL) {
         fprintf(stderr, "no GPU backend in this ggml build\n");
