@@ -301,7 +301,7 @@ fn configure(tree: &Path) -> cmake::Config {
         cfg.define(key, value);
     }
     if cuda() {
-        // Flash attention's kernels are a third of ggml-cuda's build time and the runtime's
+        // Flash attention's template instances are 82 of ggml-cuda's 189 files and the runtime's
         // perplexity and generation do not need them (llama.cpp falls back to its plain path).
         cfg.define("GGML_CUDA", "ON")
             .define("GGML_CUDA_FA", "OFF")
