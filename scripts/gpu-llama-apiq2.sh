@@ -9,7 +9,8 @@
 #   scripts/gpu-llama-apiq2.sh TREE BUILD WORK
 # TREE: a llama.cpp source tree (e.g. the one inside the PyPI sdist llama-cpp-python==0.3.36,
 # scripts/fetch-llama-sdist.sh), patched in place. Environment:
-#   STAGES      what to run, default "build test ppl bench mutate"; results collect in
+#   STAGES      what to run, default "build test ppl bench mutate" (and "vdr2": MMVQ with a whole
+#               block per thread, tested and timed against the default); results collect in
 #               WORK/results and every run prints the table of all of them, so a machine with a
 #               time limit per command can run the stages in turn
 #   MODEL LORA  an APIQ2 GGUF (and adapter) for the perplexity stage; TEXT the evaluation text
@@ -71,8 +72,20 @@ if has ppl && [ -n "${MODEL:-}" ]; then
   record "ppl|$name, GPU: MMQ (int8 activations)|$(GGML_APIQ2_MMQ=1 ppl 99)|$cpu"
 fi
 
+bench_one() { # LABEL: TYPE[-mmq|-vdr2], timed with llama-bench on its random 7B-shaped model
+  local ty=$1 base=${1%-*} f csv pp tg mmq=0
+  [ "$ty" = apiq2-mmq ] && mmq=1
+  f=$work/r7-$base.gguf
+  [ -f "$f" ] || python3 "$here/scripts/make-random-model.py" "$vocab" "$f" "$base" > "$work/r7-$base.bytes"
+  csv=$(GGML_APIQ2_MMQ=$mmq "$bin/llama-bench" -m "$f" -ngl 99 -p 512 -n 128 -r 3 -t "$threads" -o csv 2>/dev/null)
+  pp=$(echo "$csv" | python3 -c 'import csv,sys; r=[x for x in csv.DictReader(sys.stdin) if x["n_prompt"]=="512"]; print(r[0]["avg_ts"])')
+  tg=$(echo "$csv" | python3 -c 'import csv,sys; r=[x for x in csv.DictReader(sys.stdin) if x["n_gen"]=="128"]; print(r[0]["avg_ts"])')
+  record "bench|$ty|$(stat -c %s "$f")|$(sed -n 's/bytes_read_per_token=//p' "$work/r7-$base.bytes")|$pp|$tg"
+}
+vocab=${VOCAB:-${MODEL:-}}
+
 if has bench; then
-  vocab=${VOCAB:-${MODEL:?bench needs VOCAB or MODEL (the random models take its vocabulary)}}
+  [ -n "$vocab" ] || { echo "error: bench needs VOCAB or MODEL (the random models take its vocabulary)" >&2; exit 1; }
   # the card's copy bandwidth (read + write), against which tg128's bytes per token are set
   cat > "$work/bw.cu" <<'CU'
 #include <cstdio>
@@ -98,23 +111,34 @@ CU
   nvcc -O2 -o "$work/bw" "$work/bw.cu"
   record "bandwidth|$("$work/bw")"
   for ty in apiq2 apiq2-mmq q2_0 q2_k q4_0 q4_k; do
-    base=${ty%-mmq}
-    f=$work/r7-$base.gguf
-    [ -f "$f" ] || python3 "$here/scripts/make-random-model.py" "$vocab" "$f" "$base" > "$work/r7-$base.bytes"
-    mmq=0; [ "$ty" = apiq2-mmq ] && mmq=1
-    csv=$(GGML_APIQ2_MMQ=$mmq "$bin/llama-bench" -m "$f" -ngl 99 -p 512 -n 128 -r 3 -t "$threads" -o csv 2>/dev/null)
-    pp=$(echo "$csv" | python3 -c 'import csv,sys; r=[x for x in csv.DictReader(sys.stdin) if x["n_prompt"]=="512"]; print(r[0]["avg_ts"])')
-    tg=$(echo "$csv" | python3 -c 'import csv,sys; r=[x for x in csv.DictReader(sys.stdin) if x["n_gen"]=="128"]; print(r[0]["avg_ts"])')
-    record "bench|$ty|$(stat -c %s "$f")|$(sed -n 's/bytes_read_per_token=//p' "$work/r7-$base.bytes")|$pp|$tg"
+    bench_one "$ty"
   done
+fi
+
+if has vdr2; then
+  # MMVQ with a whole block per thread (VDR 2) instead of one half: tested and timed in this build
+  [ -n "$vocab" ] || { echo "error: vdr2 needs VOCAB or MODEL" >&2; exit 1; }
+  k=$tree/ggml/src/ggml-apiq2
+  sed -i 's/^#define VDR_APIQ2_Q8_1_MMVQ 1$/#define VDR_APIQ2_Q8_1_MMVQ 2/' "$k/apiq2-mmvq.cuh"
+  cmake --build "$build" -j"$threads" --target ggml-cuda >/dev/null
+  log=$work/test-vdr2.log
+  if "$bin/test-apiq2-cuda" > "$log" 2>&1; then verdict=OK; else verdict=FAILED; fi
+  record "test|dequantize + cuBLAS; MMVQ with VDR 2|$verdict - $(grep 'MUL_MAT cases' "$log" || tail -1 "$log")"
+  bench_one apiq2-vdr2
+  cp "$here/vendor/ggml-apiq2/apiq2-mmvq.cuh" "$k/" # the next build stage recompiles mmvq.cu
 fi
 
 if has mutate; then
   # The test must fail when a kernel is wrong: the MMVQ dot product without the offset term, and
   # the MMQ tile loader with two code words swapped (each in a header only one file includes).
   k=$tree/ggml/src/ggml-apiq2
-  sed -i 's/return dm.x \* ds.x \* (float) sumi + dm.y \* ds.y;/return dm.x * ds.x * (float) sumi;/' "$k/apiq2-mmvq.cuh"
-  sed -i 's/dst\[4\*j + 0\] = lo.x;/dst[4*j + 0] = lo.y;/; s/dst\[4\*j + 1\] = lo.y;/dst[4*j + 1] = lo.x;/' "$k/apiq2-mmq.cuh"
+  mutate() { # FILE SED_EXPRESSION: must change the file
+    local before; before=$(md5sum < "$1")
+    sed -i "$2" "$1"
+    [ "$(md5sum < "$1")" != "$before" ] || { echo "error: the mutation of $1 no longer applies" >&2; exit 1; }
+  }
+  mutate "$k/apiq2-mmvq.cuh" 's/sum += dm.x \* ds.x \* (float) sumi + dm.y \* ds.y;/sum += dm.x * ds.x * (float) sumi;/'
+  mutate "$k/apiq2-mmq.cuh" 's/dst\[4\*j + 0\] = lo.x;/dst[4*j + 0] = lo.y;/; s/dst\[4\*j + 1\] = lo.y;/dst[4*j + 1] = lo.x;/'
   cmake --build "$build" -j"$threads" --target ggml-cuda >/dev/null
   if GGML_APIQ2_MMQ=1 "$bin/test-apiq2-cuda" > "$work/mutated.log" 2>&1; then verdict="passed (WRONG)"; else verdict="failed, as it must"; fi
   small=$(grep -cE '^FAIL .* n=[1-8]:' "$work/mutated.log" || true)
@@ -151,7 +175,7 @@ if bench:
     ref = bench.get("q4_0")
     print("| Llama-2-7B shape | file GiB | pp512 t/s | pp / Q4_0 | tg128 t/s | tg / Q4_0 | GB read per token | tg roofline |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for ty in ("apiq2", "apiq2-mmq", "q2_0", "q2_k", "q4_0", "q4_k"):
+    for ty in ("apiq2", "apiq2-mmq", "apiq2-vdr2", "q2_0", "q2_k", "q4_0", "q4_k"):
         if ty not in bench:
             continue
         _, _, size, read, pp, tg = bench[ty]

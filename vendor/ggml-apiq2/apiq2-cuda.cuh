@@ -18,12 +18,11 @@ typedef struct {
 } block_apiq2_dm;
 static_assert(sizeof(block_apiq2_dm) == sizeof(block_apiq2), "block_apiq2_dm must match block_apiq2");
 
-// Q2_0's constants: one thread of the dot product takes one 32-value half of a block
-// (QI = two halves, QR = 1: dequantize returns neighbouring values).
+// Q2_0's constants: a block is two 32-value halves (QI), each matching one Q8_1 block; QR = 1:
+// dequantize returns neighbouring values. The kernels' halves per thread (VDR) are in
+// apiq2-mmvq.cuh and apiq2-mmq.cuh.
 #define QI_APIQ2 (QK_APIQ2 / 32)
 #define QR_APIQ2 1
-#define VDR_APIQ2_Q8_1_MMVQ 1
-#define VDR_APIQ2_Q8_1_MMQ  2
 
 template<>
 struct ggml_cuda_type_traits<GGML_TYPE_APIQ2> {

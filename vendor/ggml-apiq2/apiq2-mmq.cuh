@@ -4,6 +4,9 @@
 // tensor-core mma) do the arithmetic: d*d8*sum(q*q8) + m*s per 32 values.
 #pragma once
 
+// Halves of a block per step of the Q8_1 x Q8_1 dot products (Q2_0's value).
+#define VDR_APIQ2_Q8_1_MMQ 2
+
 template <ggml_type type, int J, bool fallback> static __device__ __forceinline__ void apiq2_mmq_load_tiles(
         const char * __restrict__ x, int * __restrict__ x_tile, const int kbx0, const int i_max, const int stride) {
     constexpr int warp_size   = ggml_cuda_get_physical_warp_size();

@@ -1,27 +1,37 @@
-// APIQ2 in ggml's CUDA batch <= 8 kernel (MMVQ): the dot product of one 32-value half of a block
-// with its Q8_1 block. Included by ggml-cuda/mmvq.cu.
+// APIQ2 in ggml's CUDA batch <= 8 kernel (MMVQ): the dot product of 32-value halves of a block
+// with their Q8_1 blocks. Included by ggml-cuda/mmvq.cu.
 #pragma once
 
-// MMVQ: half iqs (0 or 1) of block kbx against its Q8_1 block.
+// Halves of a block per thread: 1 as Q2_0 (measured in the README); 2 gives each thread a whole
+// block and, at k = 4096, ggml's small-k launch (one row per warp).
+#define VDR_APIQ2_Q8_1_MMVQ 1
+
+// MMVQ: halves iqs .. iqs + VDR - 1 of block kbx against their Q8_1 blocks.
 static __device__ __forceinline__ float vec_dot_apiq2_q8_1(
     const void * __restrict__ vbq, const block_q8_1 * __restrict__ bq8_1, const int & kbx, const int & iqs) {
     const block_apiq2_dm * bx = (const block_apiq2_dm *) vbq + kbx;
-    const block_q8_1 * by = bq8_1 + iqs;
-    const int * qs = (const int *) bx->qs + 2 * iqs;
-    const int * ys = (const int *) by->qs;
-
-    int sumi = 0;
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-        const int q = qs[j];
-        const int2 lo = apiq2_unpack8(q);
-        const int2 hi = apiq2_unpack8(q >> 16);
-        sumi = ggml_cuda_dp4a(lo.x, ys[4 * j + 0], sumi);
-        sumi = ggml_cuda_dp4a(lo.y, ys[4 * j + 1], sumi);
-        sumi = ggml_cuda_dp4a(hi.x, ys[4 * j + 2], sumi);
-        sumi = ggml_cuda_dp4a(hi.y, ys[4 * j + 3], sumi);
-    }
     const float2 dm = __half22float2(bx->dm);
-    const float2 ds = __half22float2(by->ds);
-    return dm.x * ds.x * (float) sumi + dm.y * ds.y;
+
+    float sum = 0.0f;
+#pragma unroll
+    for (int h = 0; h < VDR_APIQ2_Q8_1_MMVQ; ++h) {
+        const block_q8_1 * by = bq8_1 + iqs + h;
+        const int * qs = (const int *) bx->qs + 2 * (iqs + h);
+        const int * ys = (const int *) by->qs;
+
+        int sumi = 0;
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            const int q = qs[j];
+            const int2 lo = apiq2_unpack8(q);
+            const int2 hi = apiq2_unpack8(q >> 16);
+            sumi = ggml_cuda_dp4a(lo.x, ys[4 * j + 0], sumi);
+            sumi = ggml_cuda_dp4a(lo.y, ys[4 * j + 1], sumi);
+            sumi = ggml_cuda_dp4a(hi.x, ys[4 * j + 2], sumi);
+            sumi = ggml_cuda_dp4a(hi.y, ys[4 * j + 3], sumi);
+        }
+        const float2 ds = __half22float2(by->ds);
+        sum += dm.x * ds.x * (float) sumi + dm.y * ds.y;
+    }
+    return sum;
 }
