@@ -308,6 +308,15 @@ pub struct BenchStepCli {
     pub kernels: Kernels,
 }
 
+/// Where llama.cpp runs the model (perplexity, generate, bench).
+#[derive(Args, Debug)]
+pub struct Offload {
+    /// Layers to offload to the GPU (llama.cpp's -ngl; 99 or more: all). Needs a build with
+    /// `--features cuda`; 0 runs on the CPU.
+    #[arg(long = "gpu-layers", visible_alias = "ngl", default_value_t = 0)]
+    pub gpu_layers: u32,
+}
+
 #[derive(Args, Debug)]
 pub struct BenchCli {
     /// GGUF model.
@@ -324,10 +333,8 @@ pub struct BenchCli {
     /// Repetitions of each test.
     #[arg(short = 'r', long = "reps", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub reps: u64,
-    /// Layers to offload to the GPU (llama.cpp's -ngl; 99 or more: all). Needs a build with
-    /// `--features cuda`; 0 runs on the CPU.
-    #[arg(long = "gpu-layers", visible_alias = "ngl", default_value_t = 0)]
-    pub gpu_layers: u32,
+    #[command(flatten)]
+    pub offload: Offload,
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
@@ -355,10 +362,8 @@ pub struct PerplexityCli {
     /// Scale of the LoRA adapter.
     #[arg(long, default_value_t = 1.0)]
     pub lora_scale: f32,
-    /// Layers to offload to the GPU (llama.cpp's -ngl; 99 or more: all). Needs a build with
-    /// `--features cuda`; 0 runs on the CPU.
-    #[arg(long = "gpu-layers", visible_alias = "ngl", default_value_t = 0)]
-    pub gpu_layers: u32,
+    #[command(flatten)]
+    pub offload: Offload,
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
@@ -383,10 +388,8 @@ pub struct GenerateCli {
     /// Also print the prompt's and the generated token ids.
     #[arg(long)]
     pub ids: bool,
-    /// Layers to offload to the GPU (llama.cpp's -ngl; 99 or more: all). Needs a build with
-    /// `--features cuda`; 0 runs on the CPU.
-    #[arg(long = "gpu-layers", visible_alias = "ngl", default_value_t = 0)]
-    pub gpu_layers: u32,
+    #[command(flatten)]
+    pub offload: Offload,
     /// CPU threads (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,

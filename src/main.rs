@@ -247,7 +247,7 @@ fn run(cli: Cli) -> Result<()> {
             write!(out, "{}", inspect::render(&g))?;
         }
         Some(Command::Perplexity(a)) => {
-            let rt = Runtime::init(cli.verbose)?.with_gpu_layers(a.gpu_layers)?;
+            let rt = Runtime::init(cli.verbose)?.with_gpu_layers(a.offload.gpu_layers)?;
             let args = perplexity::PerplexityArgs {
                 model: a.model,
                 text: a.text,
@@ -267,7 +267,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("{} tokens, {} scored", r.n_tokens, r.n_scored);
         }
         Some(Command::Generate(a)) => {
-            let rt = Runtime::init(cli.verbose)?.with_gpu_layers(a.gpu_layers)?;
+            let rt = Runtime::init(cli.verbose)?.with_gpu_layers(a.offload.gpu_layers)?;
             let g = runtime::generate::generate(
                 &rt,
                 &runtime::generate::GenerateArgs {
@@ -287,7 +287,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Some(Command::Bench(a)) => {
-            let rt = Runtime::init(cli.verbose)?.with_gpu_layers(a.gpu_layers)?;
+            let rt = Runtime::init(cli.verbose)?.with_gpu_layers(a.offload.gpu_layers)?;
             let threads = runtime::threads(a.threads);
             let r = runtime::bench::run(
                 &rt,

@@ -62,7 +62,10 @@ static __device__ __forceinline__ int2 apiq2_unpack8(const int q) {
 // a 2-bit model measurably more perplexity than they cost a 4-bit one. MMQ's tiles are written for
 // the NVIDIA configurations (Volta and later use the Ampere table).
 static inline bool apiq2_mmq_supported(const int cc) {
-    const char * env = getenv("GGML_APIQ2_MMQ");
-    const bool wanted = env != nullptr && atoi(env) != 0;
+    // read once: this runs for every matrix product of every graph
+    static const bool wanted = [] {
+        const char * env = getenv("GGML_APIQ2_MMQ");
+        return env != nullptr && atoi(env) != 0;
+    }();
     return wanted && GGML_CUDA_CC_IS_NVIDIA(cc) && ggml_cuda_highest_compiled_arch(cc) >= GGML_CUDA_CC_VOLTA;
 }

@@ -14,12 +14,13 @@
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
 #include "ggml-apiq2/apiq2.h"
-#include "apiq2-test-data.h"
 
 #include "ggml.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
+
+#include "apiq2-test-data.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -143,23 +144,8 @@ static void test_shape(ggml_backend_t gpu, ggml_backend_t cpu, int k, int m, con
             for (int ri = 0; ri < n_rows; ri++) {
                 const int r = rows[ri];
                 const float * wr = w + (size_t) r * k;
-                double dot = 0.0, bound = 0.0, mag = 0.0;
-                for (int blk = 0; blk < k / QK8_1; blk++) {
-                    double amax = 0.0, wabs = 0.0;
-                    for (int j = 0; j < QK8_1; j++) {
-                        const int e = blk * QK8_1 + j;
-                        amax = fmax(amax, fabs(xc[e]));
-                        dot += (double) wr[e] * xc[e];
-                        wabs += fabs(wr[e]);
-                        mag += fabs((double) wr[e] * xc[e]);
-                    }
-                    // int8 grid (d8/2), f16 rounding of d8 (127*d8*2^-11), and the f16-rounded
-                    // activation sum seen through the offset m
-                    const double d8 = amax / 127.0;
-                    const double mabs =
-                        fabs(ggml_fp16_to_fp32(blocks[(size_t) r * (k / QK_APIQ2) + (blk * QK8_1) / QK_APIQ2].m));
-                    bound += wabs * d8 * (0.5 + 127.0 / 2048.0) + mabs * amax * QK8_1 / 2048.0;
-                }
+                double dot, mag;
+                double bound = q8_1_bound(wr, xc, blocks + (size_t) r * (k / QK_APIQ2), k, &dot, &mag);
                 bound = bound * 1.001 + 4e-6 * mag + 1e-5; // plus f32 accumulation
                 want[(size_t) col * n_rows + ri] = dot;
                 const float g = got[(size_t) col * m + r];

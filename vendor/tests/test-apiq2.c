@@ -9,12 +9,13 @@
 #define GGML_COMMON_DECL_C
 #include "ggml-common.h"
 #include "ggml-apiq2/apiq2.h"
-#include "apiq2-test-data.h"
 
 #include "ggml.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
+
+#include "apiq2-test-data.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -107,23 +108,8 @@ static void test_graph(int k, int n, int m, int n_threads) {
         const float * xc = bx + (size_t) col * k;
         for (int r = 0; r < m; r++) {
             const float * wr = wd + (size_t) r * k;
-            double want = 0.0, bound = 0.0;
-            for (int blk = 0; blk < k / QK8_1; blk++) {
-                // Q8_1 of this 32-block: d8 = amax/127 stored as f16, values round(x/d8).
-                double amax = 0.0, wabs = 0.0;
-                for (int j = 0; j < QK8_1; j++) {
-                    const int e = blk * QK8_1 + j;
-                    amax = fmax(amax, fabs(xc[e]));
-                    want += (double) wr[e] * xc[e];
-                    wabs += fabs(wr[e]);
-                }
-                const double d8 = amax / 127.0;
-                // rounding to the int8 grid (d8/2) plus the f16 rounding of d8 (127*d8*2^-11),
-                // and the f16-rounded stored sum s8 seen through the offset m
-                const int ib = (blk * QK8_1) / QK_APIQ2;
-                const double mabs = fabs(ggml_fp16_to_fp32(((const block_apiq2 *) a->data)[(size_t) r * (k / QK_APIQ2) + ib].m));
-                bound += wabs * d8 * (0.5 + 127.0 / 2048.0) + mabs * amax * QK8_1 / 2048.0;
-            }
+            double want, mag;
+            double bound = q8_1_bound(wr, xc, (const block_apiq2 *) a->data + (size_t) r * (k / QK_APIQ2), k, &want, &mag);
             bound = bound * 1.001 + 1e-5;
             const double got = ((const float *) c->data)[(size_t) col * m + r];
             check(fabs(got - want) <= bound, "mul_mat", k, n, r, got, want, bound);
