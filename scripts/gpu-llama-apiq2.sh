@@ -16,6 +16,8 @@
 #   MODEL LORA  an APIQ2 GGUF (and adapter) for the perplexity stage; TEXT the evaluation text
 #               (WikiText-2 test, raw); scored 512 tokens x 40 chunks
 #   VOCAB       any llama GGUF whose vocabulary the random models take (default: MODEL)
+#   BENCH_TYPES the types the bench stage times, default "apiq2 apiq2-mmq q2_0 q2_k q4_0 q4_k"
+#               (keep q4_0: the ratios are taken to it in the same run)
 #   CUDA_ARCHS  CMAKE_CUDA_ARCHITECTURES, default 90 (Hopper)
 # Flash attention is built off (GGML_CUDA_FA=OFF: 82 of ggml-cuda's 189 files), alike for every
 # type.
@@ -110,7 +112,7 @@ int main() {
 CU
   nvcc -O2 -o "$work/bw" "$work/bw.cu"
   record "bandwidth|$("$work/bw")"
-  for ty in apiq2 apiq2-mmq q2_0 q2_k q4_0 q4_k; do
+  for ty in ${BENCH_TYPES:-apiq2 apiq2-mmq q2_0 q2_k q4_0 q4_k}; do
     bench_one "$ty"
   done
 fi

@@ -217,6 +217,18 @@ pub struct EvalCli {
     /// The calibration's quick recipe for every row (CI, demos).
     #[arg(long)]
     pub quick: bool,
+    /// Calibration windows of every row [default: the calibration's default].
+    #[arg(long)]
+    pub nsamples: Option<usize>,
+    /// Tokens per calibration window [default: the calibration's default].
+    #[arg(long)]
+    pub seqlen: Option<usize>,
+    /// Calibration epochs of every row [default: the calibration's default].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Calibration seed of every row [default: the calibration's default].
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Device of the calibrations: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -256,6 +268,16 @@ impl EvalCli {
         }
         if let Some(n) = self.calib_max_bytes {
             r.extend(["--calib-max-bytes".into(), n.to_string()]);
+        }
+        for (flag, value) in [
+            ("--nsamples", self.nsamples.map(|v| v.to_string())),
+            ("--seqlen", self.seqlen.map(|v| v.to_string())),
+            ("--epochs", self.epochs.map(|v| v.to_string())),
+            ("--seed", self.seed.map(|v| v.to_string())),
+        ] {
+            if let Some(v) = value {
+                r.extend([flag.to_string(), v]);
+            }
         }
         r.extend(["--device".into(), self.device.clone()]);
         r

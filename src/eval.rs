@@ -3,10 +3,12 @@
 //! CLI does), scores every row against the source on each text (perplexity, KL divergence,
 //! top-1 agreement; [`crate::runtime::compare`]) and writes a Markdown table and, per text, a
 //! plot of perplexity against size ([`crate::eval_plot`]). Finished rows are kept as
-//! `DIR/rows/NAME.json` and reused when their recipe is unchanged.
+//! `DIR/rows/NAME.json` and reused when their recipe is unchanged; a finished calibration is
+//! recorded beside its model, so a row interrupted while scored is not calibrated again.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -186,6 +188,17 @@ fn cached(path: &Path, spec: &RowSpec, texts: usize) -> Option<RowResult> {
     (r.spec == *spec && r.scores.len() == texts).then_some(r)
 }
 
+/// Written (the row's spec) once the row's calibration has finished.
+fn calibrated_marker(model: &Path) -> PathBuf {
+    model.with_extension("calibrated.json")
+}
+
+fn is_calibrated(model: &Path, spec: &RowSpec) -> bool {
+    let marker = std::fs::read(calibrated_marker(model)).ok();
+    let done: Option<RowSpec> = marker.and_then(|m| serde_json::from_slice(&m).ok());
+    done.as_ref() == Some(spec) && model.is_file()
+}
+
 /// Runs `cmd` with its output in `log` (.log, .err); fails with the last line it printed.
 fn run_logged(mut cmd: Command, log: &Path, what: &str) -> Result<()> {
     let err_path = log.with_extension("err");
@@ -209,7 +222,8 @@ fn calibrate(exe: &Path, source: &Path, out: &Path, spec: &RowSpec) -> Result<()
         cmd,
         &out.with_extension("log"),
         &format!("row {}: calibration", spec.name),
-    )
+    )?;
+    write_atomic(&calibrated_marker(out), &serde_json::to_vec_pretty(spec)?)
 }
 
 /// The importance matrix of `source` on the calibration text (computed once per folder).
@@ -285,9 +299,15 @@ pub fn run(rt: &Runtime, a: &EvalArgs) -> Result<Vec<RowResult>> {
             continue;
         }
         match (&spec.stock, &a.stock) {
+            (None, _) if is_calibrated(&model, spec) => {}
             (None, _) => {
                 eprintln!("{head}: calibrating");
+                let start = Instant::now();
                 calibrate(&exe, &a.source, &model, spec)?;
+                eprintln!(
+                    "{head}: calibrated in {:.0} s",
+                    start.elapsed().as_secs_f64()
+                );
             }
             (Some(stock), Some(tools)) => {
                 eprintln!("{head}: llama-quantize {}", stock.ftype);

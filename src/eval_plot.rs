@@ -1,6 +1,8 @@
 //! `apiq2gguf eval`'s plot: perplexity (log scale) against total size (model + adapter) of every
-//! row on one text, one point per row with its name, colours by family. The font comes with the
-//! program (epaint_default_fonts), so a machine without fonts draws the same picture.
+//! row on one text, one point per row with its name, colours by family. Rows far worse than the
+//! source (a broken 2-bit RTN) would squeeze every useful row into a sliver of the log axis, so
+//! they sit on the top edge as triangles with their perplexity in the label. The font comes with
+//! the program (epaint_default_fonts), so a machine without fonts draws the same picture.
 
 use std::path::Path;
 use std::sync::Once;
@@ -34,6 +36,57 @@ fn family(r: &RowResult) -> (&'static str, RGBColor) {
 
 const MIB: f64 = (1u64 << 20) as f64;
 
+/// Rows above this multiple of the source's perplexity are drawn off scale.
+const OFF_SCALE: f64 = 100.0;
+
+/// Pixels of one label line and, roughly, of one character at the label font.
+const LINE: i32 = 14;
+const CHAR: i32 = 7;
+
+/// One row's point as drawn: where, whether off scale, its label and the label's offset.
+struct Mark {
+    at: (f64, f64),
+    off_scale: bool,
+    text: String,
+    offset: (i32, i32),
+}
+
+/// Where each label goes: the nearest free spot right or left of its point, one line up or down
+/// at a time; returns the offset (dx, dy) of the label's left end from the point.
+struct Labels {
+    placed: Vec<(i32, i32, i32)>, // left, right, y of each label drawn
+    /// The plotting area's pixel columns: labels stay inside, off the axis' numbers.
+    area: std::ops::Range<i32>,
+}
+
+impl Labels {
+    fn place(&mut self, (px, py): (i32, i32), text: &str) -> (i32, i32) {
+        let w = CHAR * text.chars().count() as i32;
+        let free = |x0: i32, y: i32| {
+            x0 >= self.area.start
+                && x0 + w <= self.area.end
+                && !self
+                    .placed
+                    .iter()
+                    .any(|&(l, r, qy)| x0 < r + 4 && x0 + w + 4 > l && (y - qy).abs() < LINE)
+        };
+        let spot = (0..40)
+            .map(|k: i32| {
+                if k % 2 == 0 {
+                    LINE * (k / 2)
+                } else {
+                    -LINE * (k / 2 + 1)
+                }
+            })
+            .flat_map(|dy| [(10, dy), (-10 - w, dy)])
+            .find(|&(dx, dy)| free(px + dx, py + dy))
+            .unwrap_or((10, 0));
+        self.placed
+            .push((px + spot.0, px + spot.0 + w, py + spot.1));
+        spot
+    }
+}
+
 /// Draws text `t` (index into each row's scores) to `path` (PNG).
 pub fn draw(
     path: &Path,
@@ -55,10 +108,24 @@ pub fn draw(
         .collect();
     let (src_ppl, src_bytes) = source;
     let src_mib = src_bytes as f64 / MIB;
-    let xmax = points.iter().map(|p| p.0).fold(src_mib, f64::max) * 1.25;
-    let ys = points.iter().map(|p| p.1).chain([src_ppl]);
+    let limit = if src_ppl.is_finite() {
+        src_ppl * OFF_SCALE
+    } else {
+        f64::INFINITY
+    };
+    let on_scale = |y: f64| y.is_finite() && y <= limit;
+    let xs = points.iter().map(|p| p.0).chain([src_mib]);
+    let xmin = xs.clone().fold(f64::INFINITY, f64::min) * 0.85;
+    let xmax = xs.fold(0.0, f64::max) * 1.2;
+    let ys = points
+        .iter()
+        .map(|p| p.1)
+        .filter(|&y| on_scale(y))
+        .chain([src_ppl]);
     let ymin = ys.clone().fold(f64::INFINITY, f64::min) * 0.8;
-    let ymax = ys.fold(0.0, f64::max) * 1.5;
+    let ymax = ys.fold(0.0, f64::max) * 2.0;
+    // Off-scale rows sit just under the top edge.
+    let top = ymax / 1.25;
     let root = BitMapBackend::new(path, (1200, 800)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let mut chart = ChartBuilder::on(&root)
@@ -66,12 +133,21 @@ pub fn draw(
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(72)
-        .build_cartesian_2d(0.0..xmax, (ymin..ymax).log_scale())
+        .build_cartesian_2d(xmin..xmax, (ymin..ymax).log_scale())
         .map_err(|e| err(&e))?;
     chart
         .configure_mesh()
         .x_desc("size in MiB (model + adapter)")
-        .y_desc("perplexity (log scale)")
+        .y_desc(format!(
+            "perplexity (log scale; triangles on top: above {OFF_SCALE}x the source's)"
+        ))
+        .y_label_formatter(&|y| {
+            if *y >= 10.0 {
+                format!("{y:.0}")
+            } else {
+                format!("{y:.1}")
+            }
+        })
         .label_style(("sans-serif", 16))
         .draw()
         .map_err(|e| err(&e))?;
@@ -81,8 +157,10 @@ pub fn draw(
             families.push((p.4, p.3));
         }
     }
-    // Labels of points that land on (or next to) earlier ones are stacked below them.
-    let mut placed: Vec<(i32, i32)> = Vec::new();
+    let mut labels = Labels {
+        placed: Vec::new(),
+        area: chart.plotting_area().get_pixel_range().0,
+    };
     for (name, colour) in families {
         let mut pts: Vec<(f64, f64, String)> = points
             .iter()
@@ -92,35 +170,51 @@ pub fn draw(
         if name == "source" {
             pts.push((src_mib, src_ppl, "source".into()));
         }
-        let offsets: Vec<i32> = pts
-            .iter()
-            .map(|(x, y, _)| {
-                let (px, py) = chart.backend_coord(&(*x, *y));
-                let free = |dy: i32| {
-                    !placed
-                        .iter()
-                        .any(|(qx, qy)| (px - qx).abs() < 160 && (py + dy - qy).abs() < 14)
+        let marks: Vec<Mark> = pts
+            .into_iter()
+            .map(|(x, y, label)| {
+                let (at, off_scale, text) = if on_scale(y) {
+                    ((x, y), false, label)
+                } else {
+                    ((x, top), true, format!("{label}: PPL {y:.3e}"))
                 };
-                // Nearest free line: below, then above, alternating.
-                let dy = (0..40)
-                    .map(|k: i32| {
-                        if k % 2 == 0 {
-                            14 * (k / 2)
-                        } else {
-                            -14 * (k / 2 + 1)
-                        }
-                    })
-                    .find(|&dy| free(dy))
-                    .unwrap_or(0);
-                placed.push((px, py + dy));
-                dy
+                let offset = labels.place(chart.backend_coord(&at), &text);
+                Mark {
+                    at,
+                    off_scale,
+                    text,
+                    offset,
+                }
             })
             .collect();
         chart
-            .draw_series(pts.iter().zip(offsets).map(|((x, y, label), dy)| {
-                EmptyElement::at((*x, *y))
-                    + Circle::new((0, 0), 6, colour.filled())
-                    + Text::new(label.clone(), (10, dy - 7), ("sans-serif", 13).into_font())
+            .draw_series(marks.into_iter().map(|m| {
+                let Mark {
+                    at,
+                    off_scale,
+                    text,
+                    offset: (dx, dy),
+                } = m;
+                let marker: DynElement<_, _> = if off_scale {
+                    TriangleMarker::new((0, 0), 8, colour.filled()).into_dyn()
+                } else {
+                    Circle::new((0, 0), 6, colour.filled()).into_dyn()
+                };
+                // A leader line where the label had to move off its point's line.
+                let end = if dx > 0 {
+                    dx - 2
+                } else {
+                    dx + CHAR * text.chars().count() as i32 + 2
+                };
+                let leader = if dy == 0 {
+                    vec![]
+                } else {
+                    vec![(0, 0), (end, dy)]
+                };
+                EmptyElement::at(at)
+                    + PathElement::new(leader, colour.mix(0.5))
+                    + marker
+                    + Text::new(text, (dx, dy - 7), ("sans-serif", 13).into_font())
             }))
             .map_err(|e| err(&e))?
             .label(name)

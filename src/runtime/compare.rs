@@ -57,6 +57,45 @@ fn argmax(v: &[f64]) -> usize {
     best
 }
 
+/// One scored position of a chunk.
+struct PositionScore {
+    nll_reference: f64,
+    nll_model: f64,
+    kl: f64,
+    agree: bool,
+}
+
+fn score_position(logits_r: &[f32], logits_m: &[f32], next: usize) -> PositionScore {
+    let (lr, lm) = (log_softmax(logits_r), log_softmax(logits_m));
+    PositionScore {
+        // The perplexities in llama-perplexity's arithmetic, as `perplexity` computes them.
+        nll_reference: nll_of(logits_r, next),
+        nll_model: nll_of(logits_m, next),
+        kl: lr
+            .iter()
+            .zip(&lm)
+            .map(|(r, m)| r.exp() * (r - m))
+            .sum::<f64>(),
+        agree: argmax(&lr) == argmax(&lm),
+    }
+}
+
+/// `f` of every item, in order, on up to `workers` threads: the KL divergence costs a few
+/// exponentials per vocabulary entry and position, far more than a GPU's forward pass.
+fn par_map<T: Sync, R: Send>(items: &[T], workers: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let per = items.len().div_ceil(workers.max(1)).max(1);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = items
+            .chunks(per)
+            .map(|part| s.spawn(|| part.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().expect("a scoring thread panicked"))
+            .collect()
+    })
+}
+
 fn decode_chunk(
     ctx: &mut LlamaContext,
     batch: &mut LlamaBatch,
@@ -110,6 +149,7 @@ pub fn run(rt: &Runtime, a: &CompareArgs) -> Result<Comparison> {
     let mut batch = LlamaBatch::new(n_ctx, 1);
     let (bos, add_bos) = (vocab.bos(), vocab.should_add_bos());
     let first = n_ctx / 2;
+    let workers = usize::try_from(a.threads).unwrap_or(1).max(1);
     let (mut nll_r, mut nll_m, mut kl, mut agree, mut count) = (0.0, 0.0, 0.0, 0usize, 0usize);
     for i in 0..n_chunk {
         let mut chunk = tokens[i * n_ctx..(i + 1) * n_ctx].to_vec();
@@ -118,22 +158,23 @@ pub fn run(rt: &Runtime, a: &CompareArgs) -> Result<Comparison> {
         }
         decode_chunk(&mut ctx_r, &mut batch, &chunk)?;
         decode_chunk(&mut ctx_m, &mut batch, &chunk)?;
-        for pos in first..n_ctx - 1 {
-            let next = tokens[i * n_ctx + pos + 1].0 as usize;
-            let (logits_r, logits_m) = (
-                ctx_r.get_logits_ith(pos as i32),
-                ctx_m.get_logits_ith(pos as i32),
-            );
-            // The perplexities in llama-perplexity's arithmetic, as `perplexity` computes them.
-            nll_r += nll_of(logits_r, next);
-            nll_m += nll_of(logits_m, next);
-            let (lr, lm) = (log_softmax(logits_r), log_softmax(logits_m));
-            kl += lr
-                .iter()
-                .zip(&lm)
-                .map(|(r, m)| r.exp() * (r - m))
-                .sum::<f64>();
-            agree += usize::from(argmax(&lr) == argmax(&lm));
+        let positions: Vec<(&[f32], &[f32], usize)> = (first..n_ctx - 1)
+            .map(|pos| {
+                (
+                    ctx_r.get_logits_ith(pos as i32),
+                    ctx_m.get_logits_ith(pos as i32),
+                    tokens[i * n_ctx + pos + 1].0 as usize,
+                )
+            })
+            .collect();
+        // Summed in position order: the same numbers for any number of workers.
+        for s in par_map(&positions, workers, |&(r, m, next)| {
+            score_position(r, m, next)
+        }) {
+            nll_r += s.nll_reference;
+            nll_m += s.nll_model;
+            kl += s.kl;
+            agree += usize::from(s.agree);
             count += 1;
         }
     }

@@ -1,7 +1,7 @@
 //! `apiq2gguf eval --quick` on stories260K: every row of the matrix scored against the source,
 //! the perplexities equal to what the `perplexity` loop gives for the same files, the KL
-//! divergences ordered as bits and adapters say they must be, the plot written, and a second
-//! run reusing every row.
+//! divergences ordered as bits and adapters say they must be, the plot written, a second run
+//! reusing every row, and a row whose score was lost scored again without a new calibration.
 
 use crate::common::{bin, final_ppl, run_ok, shared, tempdir, tiny_heldout, tiny_text};
 
@@ -124,5 +124,16 @@ fn eval_quick_scores_every_row_and_reuses_finished_ones() {
     assert!(run2.status.success());
     let err = String::from_utf8_lossy(&run2.stderr);
     assert_eq!(err.matches(": reused").count(), rows.len(), "{err}");
+    assert_eq!(std::fs::read_to_string(out.join("results.md")).unwrap(), md);
+
+    // A row whose result is gone but whose calibration finished: scored, not calibrated again.
+    std::fs::remove_file(out.join("rows/apiq-bw-2bit-r16-q8_0.json")).unwrap();
+    let mut third = bin();
+    args(&mut third);
+    let run3 = third.output().unwrap();
+    assert!(run3.status.success());
+    let err = String::from_utf8_lossy(&run3.stderr);
+    assert_eq!(err.matches(": reused").count(), rows.len() - 1, "{err}");
+    assert!(!err.contains("calibrating"), "{err}");
     assert_eq!(std::fs::read_to_string(out.join("results.md")).unwrap(), md);
 }
