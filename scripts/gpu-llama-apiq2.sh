@@ -9,8 +9,9 @@
 #   scripts/gpu-llama-apiq2.sh TREE BUILD WORK
 # TREE: a llama.cpp source tree (e.g. the one inside the PyPI sdist llama-cpp-python==0.3.36,
 # scripts/fetch-llama-sdist.sh), patched in place. Environment:
-#   STAGES      what to run, default "build test ppl bench mutate" (and "vdr2": MMVQ with a whole
-#               block per thread, tested and timed against the default); results collect in
+#   STAGES      what to run, default "build test ppl bench mutate" (and "rowblock": batch 1 with
+#               upstream's one row per CUDA block instead of four (the small-k launch), tested and timed
+#               against the default); results collect in
 #               WORK/results and every run prints the table of all of them, so a machine with a
 #               time limit per command can run the stages in turn
 #   MODEL LORA  an APIQ2 GGUF (and adapter) for the perplexity stage; TEXT the evaluation text
@@ -74,7 +75,7 @@ if has ppl && [ -n "${MODEL:-}" ]; then
   record "ppl|$name, GPU: MMQ (int8 activations)|$(GGML_APIQ2_MMQ=1 ppl 99)|$cpu"
 fi
 
-bench_one() { # LABEL: TYPE[-mmq|-vdr2], timed with llama-bench on its random 7B-shaped model
+bench_one() { # LABEL: TYPE[-mmq|-rowblock], timed with llama-bench on its random 7B-shaped model
   local ty=$1 base=${1%-*} f csv pp tg mmq=0
   [ "$ty" = apiq2-mmq ] && mmq=1
   f=$work/r7-$base.gguf
@@ -117,17 +118,20 @@ CU
   done
 fi
 
-if has vdr2; then
-  # MMVQ with a whole block per thread (VDR 2) instead of one half: tested and timed in this build
-  [ -n "$vocab" ] || { echo "error: vdr2 needs VOCAB or MODEL" >&2; exit 1; }
+if has rowblock; then
+  # The batch-1 launch upstream picks for a type like ours (one row per 128-thread block) instead
+  # of four rows per block at every k (APIQ2_MMVQ_SMALL_K_ALWAYS): tested and timed in this build
+  [ -n "$vocab" ] || { echo "error: rowblock needs VOCAB or MODEL" >&2; exit 1; }
   k=$tree/ggml/src/ggml-apiq2
-  sed -i 's/^#define VDR_APIQ2_Q8_1_MMVQ 1$/#define VDR_APIQ2_Q8_1_MMVQ 2/' "$k/apiq2-mmvq.cuh"
+  sed -i 's/^#define APIQ2_MMVQ_SMALL_K_ALWAYS 1$/#define APIQ2_MMVQ_SMALL_K_ALWAYS 0/' "$k/apiq2-mmvq.cuh"
+  grep -q '^#define APIQ2_MMVQ_SMALL_K_ALWAYS 0$' "$k/apiq2-mmvq.cuh" || { echo "error: the rowblock edit no longer applies" >&2; exit 1; }
   cmake --build "$build" -j"$threads" --target ggml-cuda >/dev/null
-  log=$work/test-vdr2.log
+  log=$work/test-rowblock.log
   if "$bin/test-apiq2-cuda" > "$log" 2>&1; then verdict=OK; else verdict=FAILED; fi
-  record "test|dequantize + cuBLAS; MMVQ with VDR 2|$verdict - $(grep 'MUL_MAT cases' "$log" || tail -1 "$log")"
-  bench_one apiq2-vdr2
-  cp "$here/vendor/ggml-apiq2/apiq2-mmvq.cuh" "$k/" # the next build stage recompiles mmvq.cu
+  record "test|dequantize + cuBLAS; MMVQ one row per block|$verdict - $(grep 'MUL_MAT cases' "$log" || tail -1 "$log")"
+  bench_one apiq2-rowblock
+  cp "$here/vendor/ggml-apiq2/apiq2-mmvq.cuh" "$k/"
+  cmake --build "$build" -j"$threads" --target ggml-cuda >/dev/null
 fi
 
 if has mutate; then
@@ -177,7 +181,7 @@ if bench:
     ref = bench.get("q4_0")
     print("| Llama-2-7B shape | file GiB | pp512 t/s | pp / Q4_0 | tg128 t/s | tg / Q4_0 | GB read per token | tg roofline |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for ty in ("apiq2", "apiq2-mmq", "apiq2-vdr2", "q2_0", "q2_k", "q4_0", "q4_k"):
+    for ty in ("apiq2", "apiq2-mmq", "apiq2-rowblock", "q2_0", "q2_k", "q4_0", "q4_k"):
         if ty not in bench:
             continue
         _, _, size, read, pp, tg = bench[ty]

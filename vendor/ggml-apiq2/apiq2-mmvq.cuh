@@ -2,8 +2,16 @@
 // with their Q8_1 blocks. Included by ggml-cuda/mmvq.cu.
 #pragma once
 
-// Halves of a block per thread: 1 as Q2_0 (measured in the README); 2 gives each thread a whole
-// block and, at k = 4096, ggml's small-k launch (one row per warp).
+// Batch 1 takes ggml's small-k launch at every k, not only where one 128-thread block would cover
+// a row in a single pass: four rows per CUDA block, every thread working on all four over its
+// share of k, so each Q8_1 activation value it loads (8.5 bits, against 2.5 of weight) serves four
+// rows. Llama-2-7B shape, tg128 on an H200: 299.5 t/s against 274.6 with one row per block
+// (Q4_0: 252.5 and 251.8 in the same runs). 0 restores upstream's choice (scripts/gpu-llama-apiq2.sh,
+// stage rowblock, times it).
+#define APIQ2_MMVQ_SMALL_K_ALWAYS 1
+
+// Halves of a block per thread. 2 (a whole block per thread) was slower on the H200 either way:
+// 270.2 t/s with upstream's launch, 278.8 with the small-k launch at every k.
 #define VDR_APIQ2_Q8_1_MMVQ 1
 
 // MMVQ: halves iqs .. iqs + VDR - 1 of block kbx against their Q8_1 blocks.
