@@ -11,7 +11,8 @@
 # scripts/fetch-llama-sdist.sh), patched in place. Environment:
 #   STAGES      what to run, default "build test ppl bench mutate" (and "rowblock": batch 1 with
 #               upstream's one row per CUDA block instead of four (the small-k launch), tested and timed
-#               against the default); results collect in
+#               against the default; "rows": ROWS, default "8", rows per CUDA block of that
+#               launch in place of 4, each tested and timed); results collect in
 #               WORK/results and every run prints the table of all of them, so a machine with a
 #               time limit per command can run the stages in turn
 #   MODEL LORA  an APIQ2 GGUF (and adapter) for the perplexity stage; TEXT the evaluation text
@@ -134,6 +135,24 @@ if has rowblock; then
   cmake --build "$build" -j"$threads" --target ggml-cuda >/dev/null
 fi
 
+if has rows; then
+  # More rows per CUDA block in the batch-1 launch (APIQ2_MMVQ_ROWS_PER_BLOCK): each of ROWS
+  # tested and timed in this build
+  [ -n "$vocab" ] || { echo "error: rows needs VOCAB or MODEL" >&2; exit 1; }
+  k=$tree/ggml/src/ggml-apiq2
+  for n in ${ROWS:-8}; do
+    sed -i "s/^#define APIQ2_MMVQ_ROWS_PER_BLOCK [0-9]*$/#define APIQ2_MMVQ_ROWS_PER_BLOCK $n/" "$k/apiq2-mmvq.cuh"
+    grep -q "^#define APIQ2_MMVQ_ROWS_PER_BLOCK $n$" "$k/apiq2-mmvq.cuh" || { echo "error: the rows edit no longer applies" >&2; exit 1; }
+    cmake --build "$build" -j"$threads" --target ggml-cuda >/dev/null
+    log=$work/test-rows$n.log
+    if "$bin/test-apiq2-cuda" > "$log" 2>&1; then verdict=OK; else verdict=FAILED; fi
+    record "test|dequantize + cuBLAS; MMVQ $n rows per block|$verdict - $(grep 'MUL_MAT cases' "$log" || tail -1 "$log")"
+    bench_one "apiq2-rows$n"
+  done
+  cp "$here/vendor/ggml-apiq2/apiq2-mmvq.cuh" "$k/"
+  cmake --build "$build" -j"$threads" --target ggml-cuda >/dev/null
+fi
+
 if has mutate; then
   # The test must fail when a kernel is wrong: the MMVQ dot product without the offset term, and
   # the MMQ tile loader with two code words swapped (each in a header only one file includes).
@@ -181,7 +200,8 @@ if bench:
     ref = bench.get("q4_0")
     print("| Llama-2-7B shape | file GiB | pp512 t/s | pp / Q4_0 | tg128 t/s | tg / Q4_0 | GB read per token | tg roofline |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for ty in ("apiq2", "apiq2-mmq", "apiq2-rowblock", "q2_0", "q2_k", "q4_0", "q4_k"):
+    rows = sorted((k for k in bench if k.startswith("apiq2-rows")), key=lambda k: int(k[10:]))
+    for ty in ["apiq2", "apiq2-mmq", "apiq2-rowblock"] + rows + ["q2_0", "q2_k", "q4_0", "q4_k"]:
         if ty not in bench:
             continue
         _, _, size, read, pp, tg = bench[ty]

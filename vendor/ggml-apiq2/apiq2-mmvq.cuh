@@ -5,10 +5,15 @@
 // Batch 1 takes ggml's small-k launch at every k, not only where one 128-thread block would cover
 // a row in a single pass: four rows per CUDA block, every thread working on all four over its
 // share of k, so each Q8_1 activation value it loads (8.5 bits, against 2.5 of weight) serves four
-// rows. Llama-2-7B shape, tg128 on an H200: 299.5 t/s against 274.6 with one row per block
+// rows. Only where the rows fill whole CUDA blocks: the launch reads its last block's rows whole. Llama-2-7B shape, tg128 on an H200: 299.5 t/s against 274.6 with one row per block
 // (Q4_0: 252.5 and 251.8 in the same runs). 0 restores upstream's choice (scripts/gpu-llama-apiq2.sh,
 // stage rowblock, times it).
 #define APIQ2_MMVQ_SMALL_K_ALWAYS 1
+
+// Rows per CUDA block of that launch (upstream: one per warp, 4), each thread working on all of
+// them: more rows reuse each activation load more often but reduce more partial sums at the end.
+// Not yet timed above 4 (scripts/gpu-llama-apiq2.sh, stage rows, times ROWS="8 …").
+#define APIQ2_MMVQ_ROWS_PER_BLOCK 4
 
 // Halves of a block per thread. 2 (a whole block per thread) was slower on the H200 either way:
 // 270.2 t/s with upstream's launch, 278.8 with the small-k launch at every k.
