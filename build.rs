@@ -58,7 +58,10 @@ fn main() {
     build_llama(&out);
 }
 
-/// nvcc from $NVCC, the PATH, or $CUDA_ROOT / $CUDA_HOME / $CUDA_PATH.
+/// Where a CUDA toolkit may be named, in order.
+const CUDA_ROOT_VARS: [&str; 3] = ["CUDA_ROOT", "CUDA_HOME", "CUDA_PATH"];
+
+/// nvcc from $NVCC, the PATH, or one of `CUDA_ROOT_VARS`.
 fn nvcc() -> PathBuf {
     if let Some(p) = env::var_os("NVCC") {
         return PathBuf::from(p);
@@ -70,7 +73,7 @@ fn nvcc() -> PathBuf {
         .find(|p| p.is_file());
     on_path
         .or_else(|| {
-            ["CUDA_ROOT", "CUDA_HOME", "CUDA_PATH"]
+            CUDA_ROOT_VARS
                 .iter()
                 .filter_map(env::var_os)
                 .map(|d| PathBuf::from(d).join("bin/nvcc"))
@@ -173,9 +176,9 @@ fn link_llama(libdir: &Path) {
     }
 }
 
-/// The CUDA toolkit: $CUDA_ROOT, $CUDA_HOME or $CUDA_PATH, else the folder above nvcc's.
+/// The CUDA toolkit: one of `CUDA_ROOT_VARS`, else the folder above nvcc's.
 fn cuda_root() -> PathBuf {
-    ["CUDA_ROOT", "CUDA_HOME", "CUDA_PATH"]
+    CUDA_ROOT_VARS
         .iter()
         .filter_map(env::var_os)
         .map(PathBuf::from)

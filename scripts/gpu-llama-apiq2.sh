@@ -119,37 +119,29 @@ CU
   done
 fi
 
-if has rowblock; then
-  # The batch-1 launch upstream picks for a type like ours (one row per 128-thread block) instead
-  # of four rows per block at every k (APIQ2_MMVQ_SMALL_K_ALWAYS): tested and timed in this build
-  [ -n "$vocab" ] || { echo "error: rowblock needs VOCAB or MODEL" >&2; exit 1; }
-  k=$tree/ggml/src/ggml-apiq2
-  sed -i 's/^#define APIQ2_MMVQ_SMALL_K_ALWAYS 1$/#define APIQ2_MMVQ_SMALL_K_ALWAYS 0/' "$k/apiq2-mmvq.cuh"
-  grep -q '^#define APIQ2_MMVQ_SMALL_K_ALWAYS 0$' "$k/apiq2-mmvq.cuh" || { echo "error: the rowblock edit no longer applies" >&2; exit 1; }
+# A batch-1 MMVQ variant: DEFINE set to VALUE in apiq2-mmvq.cuh, rebuilt, tested and timed as
+# apiq2-LABEL in this build; the next variant (or the restore below) rebuilds mmvq.cu again.
+variant() { # DEFINE VALUE LABEL DESCRIPTION
+  local h=$tree/ggml/src/ggml-apiq2/apiq2-mmvq.cuh log=$work/test-$3.log verdict
+  [ -n "$vocab" ] || { echo "error: $3 needs VOCAB or MODEL" >&2; exit 1; }
+  sed -i "s/^#define $1 [0-9]*$/#define $1 $2/" "$h"
+  grep -q "^#define $1 $2$" "$h" || { echo "error: $1 no longer in $h" >&2; exit 1; }
   cmake --build "$build" -j"$threads" --target ggml-cuda >/dev/null
-  log=$work/test-rowblock.log
   if "$bin/test-apiq2-cuda" > "$log" 2>&1; then verdict=OK; else verdict=FAILED; fi
-  record "test|dequantize + cuBLAS; MMVQ one row per block|$verdict - $(grep 'MUL_MAT cases' "$log" || tail -1 "$log")"
-  bench_one apiq2-rowblock
-  cp "$here/vendor/ggml-apiq2/apiq2-mmvq.cuh" "$k/"
-  cmake --build "$build" -j"$threads" --target ggml-cuda >/dev/null
-fi
-
-if has rows; then
-  # More rows per CUDA block in the batch-1 launch (APIQ2_MMVQ_ROWS_PER_BLOCK): each of ROWS
-  # tested and timed in this build
-  [ -n "$vocab" ] || { echo "error: rows needs VOCAB or MODEL" >&2; exit 1; }
-  k=$tree/ggml/src/ggml-apiq2
-  for n in ${ROWS:-8}; do
-    sed -i "s/^#define APIQ2_MMVQ_ROWS_PER_BLOCK [0-9]*$/#define APIQ2_MMVQ_ROWS_PER_BLOCK $n/" "$k/apiq2-mmvq.cuh"
-    grep -q "^#define APIQ2_MMVQ_ROWS_PER_BLOCK $n$" "$k/apiq2-mmvq.cuh" || { echo "error: the rows edit no longer applies" >&2; exit 1; }
-    cmake --build "$build" -j"$threads" --target ggml-cuda >/dev/null
-    log=$work/test-rows$n.log
-    if "$bin/test-apiq2-cuda" > "$log" 2>&1; then verdict=OK; else verdict=FAILED; fi
-    record "test|dequantize + cuBLAS; MMVQ $n rows per block|$verdict - $(grep 'MUL_MAT cases' "$log" || tail -1 "$log")"
-    bench_one "apiq2-rows$n"
-  done
-  cp "$here/vendor/ggml-apiq2/apiq2-mmvq.cuh" "$k/"
+  record "test|dequantize + cuBLAS; MMVQ $4|$verdict - $(grep 'MUL_MAT cases' "$log" || tail -1 "$log")"
+  bench_one "apiq2-$3"
+}
+if has rowblock || has rows; then
+  # rowblock: upstream's launch for a type like ours (one row per 128-thread block) instead of
+  # four rows per block at every k; rows: each of ROWS rows per block of that launch
+  has rowblock && variant APIQ2_MMVQ_SMALL_K_ALWAYS 0 rowblock "one row per block"
+  if has rows; then
+    for n in ${ROWS:-8}; do
+      cp "$here/vendor/ggml-apiq2/apiq2-mmvq.cuh" "$tree/ggml/src/ggml-apiq2/"
+      variant APIQ2_MMVQ_ROWS_PER_BLOCK "$n" "rows$n" "$n rows per block"
+    done
+  fi
+  cp "$here/vendor/ggml-apiq2/apiq2-mmvq.cuh" "$tree/ggml/src/ggml-apiq2/"
   cmake --build "$build" -j"$threads" --target ggml-cuda >/dev/null
 fi
 

@@ -241,10 +241,9 @@ pub struct EvalCli {
     /// CPU threads of the scoring (default: all cores).
     #[arg(short = 't', long)]
     pub threads: Option<usize>,
-    /// Layers of each scored model (and of llama-imatrix's) offloaded to the GPU (as -ngl; 99:
-    /// all). Needs a build with `--features cuda` (and llama.cpp tools built with CUDA).
-    #[arg(long = "gpu-layers", visible_alias = "ngl", default_value_t = 0)]
-    pub gpu_layers: u32,
+    /// Offload of every scored model, and of llama-imatrix (its -ngl; tools built with CUDA).
+    #[command(flatten)]
+    pub offload: Offload,
     /// Folder holding stock llama.cpp's llama-quantize and llama-imatrix (scripts/build-stock-llama.sh
     /// builds them from the PyPI sdist): adds rows of llama.cpp's own types, each without and
     /// with an importance matrix from the same calibration text.

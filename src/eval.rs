@@ -170,8 +170,6 @@ pub struct EvalArgs {
     pub n_ctx: usize,
     pub n_chunks: Option<usize>,
     pub threads: i32,
-    /// Passed to llama-imatrix as -ngl (the scoring's offload is the runtime's).
-    pub gpu_layers: u32,
 }
 
 fn row_paths(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
@@ -318,7 +316,7 @@ pub fn run(rt: &Runtime, a: &EvalArgs) -> Result<Vec<RowResult>> {
                         &a.dir,
                         a.n_ctx,
                         a.threads,
-                        a.gpu_layers,
+                        rt.gpu_layers(),
                     )?)
                 } else {
                     None

@@ -43,6 +43,11 @@ const OFF_SCALE: f64 = 100.0;
 const LINE: i32 = 14;
 const CHAR: i32 = 7;
 
+/// A label's width in pixels (roughly).
+fn width(text: &str) -> i32 {
+    CHAR * text.chars().count() as i32
+}
+
 /// One row's point as drawn: where, whether off scale, its label and the label's offset.
 struct Mark {
     at: (f64, f64),
@@ -61,7 +66,7 @@ struct Labels {
 
 impl Labels {
     fn place(&mut self, (px, py): (i32, i32), text: &str) -> (i32, i32) {
-        let w = CHAR * text.chars().count() as i32;
+        let w = width(text);
         let free = |x0: i32, y: i32| {
             x0 >= self.area.start
                 && x0 + w <= self.area.end
@@ -204,7 +209,7 @@ pub fn draw(
                 let end = if dx > 0 {
                     dx - 2
                 } else {
-                    dx + CHAR * text.chars().count() as i32 + 2
+                    dx + width(&text) + 2
                 };
                 let leader = if dy == 0 {
                     vec![]

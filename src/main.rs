@@ -215,7 +215,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Some(Command::Eval(a)) => {
-            let rt = Runtime::init(cli.verbose)?.with_gpu_layers(a.gpu_layers)?;
+            let rt = Runtime::init(cli.verbose)?.with_gpu_layers(a.offload.gpu_layers)?;
             let stock = a.llama_bin.clone().map(|bin| apiq2gguf::eval::StockTools {
                 bin,
                 calib_files: a.calib.clone(),
@@ -235,7 +235,6 @@ fn run(cli: Cli) -> Result<()> {
                 n_ctx: a.ctx,
                 n_chunks: a.chunks,
                 threads: runtime::threads(a.threads),
-                gpu_layers: a.gpu_layers,
             };
             apiq2gguf::eval::run(&rt, &args)?;
             eprintln!("wrote {}", a.dir.join("results.md").display());

@@ -53,6 +53,11 @@ impl Runtime {
         Ok(self)
     }
 
+    /// Layers every model loads onto the GPU (`with_gpu_layers`).
+    pub fn gpu_layers(&self) -> u32 {
+        self.gpu_layers
+    }
+
     /// ggml's CPU feature line (`llama_print_system_info`), to check what the build uses.
     pub fn system_info() -> String {
         #[allow(unsafe_code)]
