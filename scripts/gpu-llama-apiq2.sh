@@ -12,7 +12,9 @@
 #   STAGES      what to run, default "build test ppl bench mutate" (and "rowblock": batch 1 with
 #               upstream's one row per CUDA block instead of four (the small-k launch), tested and timed
 #               against the default; "rows": ROWS, default "8", rows per CUDA block of that
-#               launch in place of 4, each tested and timed); results collect in
+#               launch in place of 4, each tested and timed; "profile": each model the bench,
+#               rowblock and rows stages time is also run under Nsight Compute, which sums its
+#               kernels' time per generated token); results collect in
 #               WORK/results and every run prints the table of all of them, so a machine with a
 #               time limit per command can run the stages in turn
 #   MODEL LORA  an APIQ2 GGUF (and adapter) for the perplexity stage; TEXT the evaluation text
@@ -85,6 +87,49 @@ bench_one() { # LABEL: TYPE[-mmq|-rowblock], timed with llama-bench on its rando
   pp=$(echo "$csv" | python3 -c 'import csv,sys; r=[x for x in csv.DictReader(sys.stdin) if x["n_prompt"]=="512"]; print(r[0]["avg_ts"])')
   tg=$(echo "$csv" | python3 -c 'import csv,sys; r=[x for x in csv.DictReader(sys.stdin) if x["n_gen"]=="128"]; print(r[0]["avg_ts"])')
   record "bench|$ty|$(stat -c %s "$f")|$(sed -n 's/bytes_read_per_token=//p' "$work/r7-$base.bytes")|$pp|$tg"
+  has profile && profile_one "$ty"
+  true
+}
+
+# Where a token's time goes: Nsight Compute times every kernel of 16 generated tokens (one at a
+# time, so the gaps between kernels are not in it) and sums them per token: the batch-1 matrix
+# kernel (MMVQ), the activations' Q8_1 quantization, everything else.
+profile_one() { # LABEL, after bench_one made its model
+  local ty=$1 base=${1%-*} mmq=0 ncu csv
+  [ "$ty" = apiq2-mmq ] && mmq=1
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  [ -n "$ncu" ] || { echo "error: profile needs Nsight Compute (ncu)" >&2; exit 1; }
+  csv=$work/profile-$ty.csv
+  GGML_APIQ2_MMQ=$mmq "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv --page raw \
+    --print-units base --print-kernel-base function "$bin/llama-bench" -m "$work/r7-$base.gguf" -ngl 99 -p 0 -n 16 -r 1 \
+    --no-warmup -t "$threads" > "$csv" 2> "$work/profile-$ty.log"
+  record "profile|$ty|$(python3 - "$csv" 16 <<'PY'
+import csv, sys
+lines = [l for l in open(sys.argv[1]) if l.startswith('"')]
+rows = list(csv.reader(lines))
+head, units, rows = rows[0], rows[1], rows[2:]
+name, ns = head.index("Kernel Name"), head.index("gpu__time_duration.sum")
+assert units[ns] == "ns", units[ns]
+tokens = int(sys.argv[2])
+total = {"mmvq": 0.0, "q8_1": 0.0, "other": 0.0}
+for r in rows:
+    k = "mmvq" if r[name].startswith("mul_mat_vec_q") else "q8_1" if r[name].startswith("quantize_q8_1") else "other"
+    total[k] += float(r[ns].replace(",", ""))
+n = sum(1 for r in rows if r[name].startswith("mul_mat_vec_q"))
+print(f"{len(rows) / tokens:.0f}|{n / tokens:.0f}|" + "|".join(f"{total[k] / tokens / 1e3:.1f}" for k in ("mmvq", "q8_1", "other")))
+# per kernel and launch shape: calls per token, mean and summed time (the CSV itself is large)
+grid, block = head.index("Grid Size"), head.index("Block Size")
+shapes = {}
+for r in rows:
+    s = shapes.setdefault((r[name], r[grid], r[block]), [0, 0.0])
+    s[0] += 1
+    s[1] += float(r[ns].replace(",", ""))
+with open(sys.argv[1][:-4] + ".txt", "w") as f:
+    print("kernel | grid | block | calls per token | mean us | us per token", file=f)
+    for (k, g, b), (c, t) in sorted(shapes.items(), key=lambda kv: -kv[1][1]):
+        print(f"{k} | {g} | {b} | {c / tokens:.1f} | {t / c / 1e3:.2f} | {t / tokens / 1e3:.1f}", file=f)
+PY
+)"
 }
 vocab=${VOCAB:-${MODEL:-}}
 
@@ -171,13 +216,13 @@ import sys
 rows = [l.rstrip("\n").split("|") for l in open(sys.argv[1])]
 last = {}
 for r in rows:
-    last[(r[0],) + ((r[1],) if r[0] in ("bench", "ppl", "test") else ())] = r
+    last[(r[0],) + ((r[1],) if r[0] in ("bench", "ppl", "test", "profile") else ())] = r
 def get(kind):
     return [v for k, v in last.items() if k[0] == kind]
 for r in get("build"):
     print(f"card: {r[1]}")
 for r in get("test"):
-    print(f"CUDA test, n > 8 by {r[1]}: {r[2]}")
+    print(f"CUDA test, n > 8 by {r[1]}: {'|'.join(r[2:])}")
 for r in get("mutate"):
     print(f"mutated kernels: the test {r[1]} (reports for n <= 8: {r[2]}, for n >= 16: {r[3]})")
 for r in get("ppl"):
@@ -202,4 +247,11 @@ if bench:
         rt = f"{tg / float(ref[5]):.2f}" if ref else "-"
         roof = f"{100 * tg * read / 1e9 / gbs:.0f} %" if gbs else "-"
         print(f"| {ty.upper()} | {int(size) / 2**30:.2f} | {pp:.0f} | {rp} | {tg:.1f} | {rt} | {read / 1e9:.2f} | {roof} |")
+prof = {r[1]: r for r in get("profile")}
+if prof:
+    print("| kernel time per token (ncu) | kernels | MMVQ kernels | MMVQ ms | Q8_1 ms | other ms | tg128 ms per token |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for ty, r in prof.items():
+        tg = f"{1e3 / float(bench[ty][5]):.2f}" if ty in bench else "-"
+        print(f"| {ty.upper()} | {r[2]} | {r[3]} | {float(r[4]) / 1e3:.2f} | {float(r[5]) / 1e3:.2f} | {float(r[6]) / 1e3:.2f} | {tg} |")
 PY

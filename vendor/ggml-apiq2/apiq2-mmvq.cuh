@@ -11,8 +11,9 @@
 #define APIQ2_MMVQ_SMALL_K_ALWAYS 1
 
 // Rows per CUDA block of that launch (upstream: one per warp, 4), each thread working on all of
-// them: more rows reuse each activation load more often but reduce more partial sums at the end.
-// Not yet timed above 4 (scripts/gpu-llama-apiq2.sh, stage rows, times ROWS="8 …").
+// them: more rows reuse each activation load more often but leave the card fewer, heavier blocks.
+// tg128 on the H200 (scripts/gpu-llama-apiq2.sh, stage rows): 2 rows 294.9 t/s, 4 rows
+// 289.1-297.4, 8 rows 281.5, 16 rows 239.9.
 #define APIQ2_MMVQ_ROWS_PER_BLOCK 4
 
 // Halves of a block per thread. 2 (a whole block per thread) was slower on the H200 either way:
