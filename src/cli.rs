@@ -96,6 +96,10 @@ pub struct CalibCli {
     /// Passes over the windows per block [default: 20; 2 with --quick].
     #[arg(long, help_heading = "Calibration")]
     pub epochs: Option<usize>,
+    /// Windows per training step (the released code's --batch_size, 1 there): each step's
+    /// loss and gradient are the means over its windows; must divide --nsamples.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), help_heading = "Calibration")]
+    pub batch_size: u32,
     /// Seed of the window sampling and the LoRA initialisation.
     #[arg(long, default_value_t = 2, help_heading = "Calibration")]
     pub seed: u64,
@@ -498,13 +502,16 @@ impl CalibCli {
             symmetric: self.symmetric,
             zero_range: None,
         };
+        let nsamples = self.nsamples.unwrap_or(base.nsamples);
+        crate::apiq::train::steps_per_epoch(nsamples, self.batch_size as usize)?;
         Ok(Recipe {
             method: self.method,
             quant: self.format().constrain(quant),
             lora,
-            nsamples: self.nsamples.unwrap_or(base.nsamples),
+            nsamples,
             seqlen: self.seqlen.unwrap_or(base.seqlen),
             epochs: self.epochs.unwrap_or(base.epochs),
+            batch: self.batch_size as usize,
             seed: self.seed,
             precision: compute.precision,
             ..base

@@ -59,7 +59,7 @@ fn calibrate(
     let r = &args.recipe;
     args.export.format.check(&r.quant)?;
     eprintln!(
-        "calibrating {} with {} into {}: {}-bit g{} {}, {}, {} windows x {} tokens, {} epochs, seed {}, {} ({}{})",
+        "calibrating {} with {} into {}: {}-bit g{} {}, {}, {} windows x {} tokens{}, {} epochs, seed {}, {} ({}{})",
         args.model.display(),
         clap::ValueEnum::to_possible_value(&r.method).map_or_else(String::new, |v| v.get_name().to_string()),
         args.export.format.name(),
@@ -69,6 +69,7 @@ fn calibrate(
         r.lora.map_or("no LoRA".to_string(), |l| format!("LoRA r{} alpha {}", l.rank, l.alpha)),
         r.nsamples,
         r.seqlen,
+        if r.batch == 1 { String::new() } else { format!(" in steps of {}", r.batch) },
         r.epochs,
         r.seed,
         c.device,

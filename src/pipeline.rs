@@ -120,6 +120,7 @@ pub fn calibrate(
     };
     note((0..hp.n_layer).take_while(|&l| state.has(l)).count());
 
+    let steps = train::steps_per_epoch(windows.len(), r.batch)?;
     let mut fp_in = load::embed_windows(&src, &hp, &windows, DTYPE, dev)?;
     let mut q_in = fp_in.clone();
     let rope = Rope::new(&hp, seqlen, DTYPE, dev)?.with_compute(a.compute);
@@ -151,7 +152,7 @@ pub fn calibrate(
             Some(l) => l,
             None if !r.trains() => train::rtn_learned(),
             None => {
-                let bar = progress.bar((r.epochs * q_in.len()) as u64, "calibrating");
+                let bar = progress.bar((r.epochs * steps) as u64, "calibrating");
                 bar.set_message(format!("blk.{layer}"));
                 let mut epoch_sum = 0.0;
                 let mut obs = |e: usize, j: usize, loss: f64| {
@@ -205,8 +206,8 @@ pub fn calibrate(
             mse_rtn,
             mse_lwc,
             mse_final,
-            loss_first: smoothed(&losses, q_in.len(), true),
-            loss_last: smoothed(&losses, q_in.len(), false),
+            loss_first: smoothed(&losses, steps, true),
+            loss_last: smoothed(&losses, steps, false),
             seconds: t0.elapsed().as_secs_f64(),
             resumed,
         };

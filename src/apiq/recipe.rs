@@ -39,6 +39,10 @@ pub struct Recipe {
     /// Calibration windows and their length (128 × 2048).
     pub nsamples: usize,
     pub seqlen: usize,
+    /// Windows per step (`--batch_size`, 1 in the released command): a step's loss and
+    /// gradient are the means over its windows, taken in order.
+    #[serde(skip_serializing_if = "is_one")]
+    pub batch: usize,
     /// ApiQ's default seed is 2.
     pub seed: u64,
     /// Operand precision of the trained block's matrix products.
@@ -67,10 +71,17 @@ impl Default for Recipe {
             aug_loss: true,
             nsamples: 128,
             seqlen: 2048,
+            batch: 1,
             seed: 2,
             precision: Precision::F32,
         }
     }
+}
+
+/// Recipes of one window per step serialize as before the field existed: their resume states
+/// and cached results stay valid.
+fn is_one(n: &usize) -> bool {
+    *n == 1
 }
 
 /// ApiQ-lw's learning rates as a multiple of bw's (the paper gives none for lw). Each lw group

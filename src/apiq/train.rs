@@ -126,36 +126,32 @@ impl Optimizers {
         self.scaler.as_ref().map_or(1.0, |s| s.scale)
     }
 
-    /// Backward through `loss` (autograd) and one update of both groups.
-    pub(crate) fn step(
-        &mut self,
-        loss: &Tensor,
-        layer: usize,
-        epoch: usize,
-        index: usize,
-        obs: &mut dyn StepObserver,
-    ) -> Result<()> {
+    /// The gradients of `loss_scale() · loss` by autograd.
+    pub(crate) fn grads(&self, loss: &Tensor) -> Result<GradStore> {
         let scale = self.loss_scale();
-        let grads = if scale == 1.0 {
+        Ok(if scale == 1.0 {
             loss.backward()?
         } else {
             (loss * scale)?.backward()?
-        };
-        self.apply(loss, grads, layer, epoch, index, obs)
+        })
     }
 
-    /// One update of both groups from the gradients of `loss_scale() · loss`.
+    /// One update of both groups from a step's summed losses and gradients (of
+    /// `loss_scale() · loss` each): the step's loss and gradient are their means.
     pub(crate) fn apply(
         &mut self,
-        loss: &Tensor,
-        mut grads: GradStore,
-        layer: usize,
-        epoch: usize,
-        index: usize,
+        sum: StepSum,
+        at: StepAt,
         obs: &mut dyn StepObserver,
     ) -> Result<()> {
-        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        check_finite(value, layer, epoch, index)?;
+        let StepSum {
+            loss,
+            mut grads,
+            windows,
+        } = sum;
+        let loss = loss.ok_or_else(|| anyhow::anyhow!("a training step needs a window"))?;
+        let value = loss.to_dtype(DType::F64)?.to_scalar::<f64>()? / windows as f64;
+        check_finite(value, at.layer, at.epoch, at.index)?;
         let grad_scale = match self.scaler.as_mut() {
             None => Some(1.0),
             Some(s) => {
@@ -169,12 +165,50 @@ impl Optimizers {
             }
         };
         if let Some(grad_scale) = grad_scale {
+            let grad_scale = grad_scale / windows as f64;
             self.lwc.step(&mut grads, grad_scale)?;
             if let Some(o) = self.lora.as_mut() {
                 o.step(&mut grads, grad_scale)?;
             }
         }
-        obs.step(epoch, index, value);
+        obs.step(at.epoch, at.index, value);
+        Ok(())
+    }
+}
+
+/// One step's windows so far: their summed losses and gradients, added in window order (a
+/// step of one window is that window's, unchanged).
+pub(crate) struct StepSum {
+    loss: Option<Tensor>,
+    grads: GradStore,
+    windows: usize,
+}
+
+impl StepSum {
+    pub(crate) fn new() -> StepSum {
+        StepSum {
+            loss: None,
+            grads: GradStore::default(),
+            windows: 0,
+        }
+    }
+
+    /// Adds one window's loss and the gradients of `vars` in it.
+    pub(crate) fn add(&mut self, vars: &[Var], loss: Tensor, mut grads: GradStore) -> Result<()> {
+        self.loss = Some(match self.loss.take() {
+            Some(l) => (l + loss)?,
+            None => loss,
+        });
+        for v in vars {
+            if let Some(g) = grads.remove(v.as_tensor()) {
+                let g = match self.grads.remove(v.as_tensor()) {
+                    Some(acc) => (acc + g)?,
+                    None => g,
+                };
+                self.grads.insert(v.as_tensor(), g);
+            }
+        }
+        self.windows += 1;
         Ok(())
     }
 }
@@ -187,8 +221,39 @@ pub(crate) struct StepAt {
     pub index: usize,
 }
 
-/// One ApiQ-bw step on window `x` towards `targets` (summed MSEs): the block's written-out
-/// backward with the fused kernels, candle's autograd otherwise.
+/// The loss of one ApiQ-bw window `x` towards `targets` (summed MSEs) and the gradients of
+/// `opt.loss_scale()` times it: the block's written-out backward with the fused kernels,
+/// candle's autograd otherwise.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bw_window(
+    hp: &HParams,
+    rope: &Rope,
+    norms: &BlockNorms,
+    spec: &QuantSpec,
+    linears: &[TrainLinear],
+    x: &Tensor,
+    targets: &[&Tensor],
+    opt: &Optimizers,
+) -> Result<(Tensor, GradStore)> {
+    if rope.compute().fused {
+        return Ok(step::loss_and_grads(
+            hp,
+            rope,
+            norms,
+            spec,
+            linears,
+            x,
+            targets,
+            opt.loss_scale(),
+        )?);
+    }
+    let out = forward_train(hp, rope, norms, spec, linears, x)?;
+    let loss = total(targets.iter().map(|t| mse(&out, t)))?;
+    let grads = opt.grads(&loss)?;
+    Ok((loss, grads))
+}
+
+/// One ApiQ-bw step on the single window `x` (the benchmarks' step).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn bw_step(
     hp: &HParams,
@@ -202,14 +267,18 @@ pub(crate) fn bw_step(
     at: StepAt,
     obs: &mut dyn StepObserver,
 ) -> Result<()> {
-    if rope.compute().fused {
-        let (loss, grads) =
-            step::loss_and_grads(hp, rope, norms, spec, linears, x, targets, opt.loss_scale())?;
-        return opt.apply(&loss, grads, at.layer, at.epoch, at.index, obs);
+    let (loss, grads) = bw_window(hp, rope, norms, spec, linears, x, targets, opt)?;
+    let mut sum = StepSum::new();
+    sum.add(&opt.vars, loss, grads)?;
+    opt.apply(sum, at, obs)
+}
+
+/// Steps per epoch of `windows` windows in steps of `batch`: refused unless they divide.
+pub fn steps_per_epoch(windows: usize, batch: usize) -> Result<usize> {
+    if batch == 0 || !windows.is_multiple_of(batch) {
+        bail!("{windows} calibration windows do not split into steps of {batch} (--batch-size must divide --nsamples)");
     }
-    let out = forward_train(hp, rope, norms, spec, linears, x)?;
-    let loss = total(targets.iter().map(|t| mse(&out, t)))?;
-    opt.step(&loss, at.layer, at.epoch, at.index, obs)
+    Ok(windows / batch)
 }
 
 /// What training one block needs: its weights, the inputs of both chains and the FP targets.
@@ -290,18 +359,24 @@ pub fn train_block(
         linears.iter().flat_map(TrainLinear::lwc_vars).collect(),
         linears.iter().flat_map(TrainLinear::lora_vars).collect(),
     )?;
+    let steps = steps_per_epoch(q_in.len(), r.batch)?;
     for epoch in 0..r.epochs {
-        for (j, x) in q_in.iter().enumerate() {
-            let mut targets = vec![&fp_out[j]];
-            targets.extend(fp_out2.map(|t| &t[j]));
+        for index in 0..steps {
+            let mut sum = StepSum::new();
+            for j in index * r.batch..(index + 1) * r.batch {
+                let mut targets = vec![&fp_out[j]];
+                targets.extend(fp_out2.map(|t| &t[j]));
+                let (loss, grads) = bw_window(
+                    hp, rope, &bw.norms, &r.quant, &linears, &q_in[j], &targets, &opt,
+                )?;
+                sum.add(&opt.vars, loss, grads)?;
+            }
             let at = StepAt {
                 layer,
                 epoch,
-                index: j,
+                index,
             };
-            bw_step(
-                hp, rope, &bw.norms, &r.quant, &linears, x, &targets, &mut opt, at, obs,
-            )?;
+            opt.apply(sum, at, obs)?;
         }
     }
     linears.iter().map(|l| Ok(Learned::of(l)?)).collect()
@@ -379,19 +454,30 @@ pub fn train_block_lw(
             group.iter().flat_map(|&i| linears[i].lwc_vars()).collect(),
             group.iter().flat_map(|&i| linears[i].lora_vars()).collect(),
         )?;
+        let steps = steps_per_epoch(inputs.len(), r.batch)?;
         for epoch in 0..r.epochs {
-            for j in 0..inputs.len() {
-                let outs = group
-                    .iter()
-                    .enumerate()
-                    .map(|(k, &i)| linears[i].forward(&r.quant, rope.compute(), &inputs[j][k]))
-                    .collect::<candle_core::Result<Vec<_>>>()?;
-                let outs = layer_outputs(group, outs)?;
-                let loss = total(outs.iter().enumerate().flat_map(|(k, out)| {
-                    let aug = targets_aug.get(j).map(|t2| mse(out, &t2[k]));
-                    std::iter::once(mse(out, &targets[j][k])).chain(aug)
-                }))?;
-                opt.step(&loss, layer, epoch, j, obs)?;
+            for index in 0..steps {
+                let mut sum = StepSum::new();
+                for j in index * r.batch..(index + 1) * r.batch {
+                    let outs = group
+                        .iter()
+                        .enumerate()
+                        .map(|(k, &i)| linears[i].forward(&r.quant, rope.compute(), &inputs[j][k]))
+                        .collect::<candle_core::Result<Vec<_>>>()?;
+                    let outs = layer_outputs(group, outs)?;
+                    let loss = total(outs.iter().enumerate().flat_map(|(k, out)| {
+                        let aug = targets_aug.get(j).map(|t2| mse(out, &t2[k]));
+                        std::iter::once(mse(out, &targets[j][k])).chain(aug)
+                    }))?;
+                    let grads = opt.grads(&loss)?;
+                    sum.add(&opt.vars, loss, grads)?;
+                }
+                let at = StepAt {
+                    layer,
+                    epoch,
+                    index,
+                };
+                opt.apply(sum, at, obs)?;
             }
         }
         for &i in group {
@@ -469,4 +555,141 @@ pub fn rtn_learned() -> Vec<Learned> {
             lora: None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::block::BlockNorms;
+    use crate::nn::compute::{Compute, Precision};
+    use crate::nn::hparams::RopeKind;
+    use crate::quant::lora::LoraSpec;
+    use candle_core::Device;
+    use candle_nn::{Optimizer, ParamsAdamW};
+
+    fn randn(shape: (usize, usize), scale: f64, dev: &Device) -> Tensor {
+        (Tensor::randn(0f64, 1.0, shape, dev).unwrap() * scale).unwrap()
+    }
+
+    /// A step of `batch` windows is one AdamW step on the mean of their losses (the released
+    /// code's batch: one MSE over all its windows' elements), against autograd through that
+    /// mean. The targets sit 1e-7 from the block's initial output, so the gradients are not
+    /// large against AdamW's eps and the update depends on their scale: summing instead of
+    /// averaging fails, as does grouping the windows otherwise.
+    #[test]
+    fn a_step_of_windows_is_adamw_on_their_mean_loss() {
+        let dev = Device::Cpu;
+        let hp = HParams::tiny(RopeKind::Norm, false);
+        let r = Recipe {
+            quant: QuantSpec {
+                bits: 2,
+                group_size: 8,
+                symmetric: false,
+                zero_range: None,
+            },
+            lora: Some(LoraSpec {
+                rank: 3,
+                alpha: 16.0,
+            }),
+            epochs: 1,
+            batch: 2,
+            ..Recipe::default()
+        };
+        let (e, ff, kv, l) = (16, 24, 8, 5);
+        let shapes = [(e, e), (kv, e), (kv, e), (e, e), (ff, e), (ff, e), (e, ff)];
+        let ones = || Tensor::ones(e, DType::F64, &dev).unwrap();
+        let bw = BlockWeights {
+            norms: BlockNorms {
+                attn_norm: ones(),
+                ffn_norm: ones(),
+                bias: [None, None, None],
+            },
+            w: shapes.iter().map(|&s| randn(s, 0.5, &dev)).collect(),
+        };
+        let rope = Rope::new(&hp, l, DType::F64, &dev)
+            .unwrap()
+            .with_compute(Compute {
+                precision: Precision::F32,
+                fused: false,
+            });
+        let window = || randn((l, e), 1.0, &dev).reshape((1, l, e)).unwrap();
+        let q_in: Vec<Tensor> = (0..4).map(|_| window()).collect();
+        let start = new_linears(&r, &bw, 0, true).unwrap();
+        let targets: Vec<Tensor> = q_in
+            .iter()
+            .map(|x| {
+                let y = forward_train(&hp, &rope, &bw.norms, &r.quant, &start, x).unwrap();
+                (y + (window() * 1e-7).unwrap()).unwrap()
+            })
+            .collect();
+
+        let mut losses = Vec::new();
+        let ours = train_block(
+            &r,
+            &hp,
+            &rope,
+            &bw,
+            0,
+            &q_in,
+            &targets,
+            None,
+            true,
+            &mut |_: usize, _: usize, loss: f64| losses.push(loss),
+        )
+        .unwrap();
+
+        let linears = new_linears(&r, &bw, 0, true).unwrap();
+        let group = |vars: Vec<Var>, lr: f64| {
+            let params = ParamsAdamW {
+                lr,
+                weight_decay: 0.1,
+                ..ParamsAdamW::default()
+            };
+            candle_nn::AdamW::new(vars, params).unwrap()
+        };
+        let mut lwc = group(
+            linears.iter().flat_map(TrainLinear::lwc_vars).collect(),
+            5e-3,
+        );
+        let mut lora = group(
+            linears.iter().flat_map(TrainLinear::lora_vars).collect(),
+            5e-4,
+        );
+        let mut reference_losses = Vec::new();
+        for step in 0..2 {
+            let mse = |j: usize| {
+                let y = forward_train(&hp, &rope, &bw.norms, &r.quant, &linears, &q_in[j]).unwrap();
+                mse(&y, &targets[j]).unwrap()
+            };
+            let loss = ((mse(2 * step) + mse(2 * step + 1)).unwrap() / 2.0).unwrap();
+            reference_losses.push(loss.to_scalar::<f64>().unwrap());
+            let grads = loss.backward().unwrap();
+            lwc.step(&grads).unwrap();
+            lora.step(&grads).unwrap();
+        }
+
+        assert_eq!(losses.len(), 2, "two steps of two windows");
+        for (a, b) in losses.iter().zip(&reference_losses) {
+            assert!((a - b).abs() <= 1e-12 * b, "step loss {a} vs {b}");
+        }
+        let mut moved = 0.0f32;
+        for (lin, ours) in linears.iter().zip(&ours) {
+            let reference = Learned::of(lin).unwrap();
+            let (a, b) = ours.lora.as_ref().zip(reference.lora.as_ref()).unwrap();
+            let pairs = [
+                (ours.gamma.as_ref(), reference.gamma.as_ref()),
+                (ours.beta.as_ref(), reference.beta.as_ref()),
+                (Some(&a.0), Some(&b.0)),
+                (Some(&a.1), Some(&b.1)),
+            ];
+            for (o, r) in pairs {
+                let (o, r) = (o.unwrap(), r.unwrap());
+                for (x, y) in o.iter().zip(r) {
+                    assert!((x - y).abs() <= 1e-6, "learned {x} vs reference {y}");
+                    moved = moved.max(y.abs());
+                }
+            }
+        }
+        assert!(moved > 1e-4, "the steps moved the parameters");
+    }
 }

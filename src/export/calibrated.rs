@@ -105,6 +105,9 @@ fn apiq_metadata(
         ("apiq.calibration_hash".into(), s(hash)),
         ("apiq.tool_version".into(), s(env!("CARGO_PKG_VERSION"))),
     ];
+    if r.batch != 1 {
+        kv.push(("apiq.batch_size".into(), Value::U32(r.batch as u32)));
+    }
     if let Some((lo, hi)) = r.quant.zero_range {
         kv.push(("apiq.zero_range".into(), s(&format!("{lo}..={hi}"))));
     }
