@@ -55,7 +55,22 @@ fn main() {
     if cuda() {
         compile_cuda(&out);
     }
+    if env::var_os("CARGO_FEATURE_NCCL").is_some() {
+        link_nccl();
+    }
     build_llama(&out);
+}
+
+/// `--features nccl`: cudarc links libnccl from the toolkit's folders; NCCL_LIB_DIR adds one
+/// (scripts/setup-nccl.sh fills one from PyPI's nvidia-nccl-cu13).
+fn link_nccl() {
+    println!("cargo:rerun-if-env-changed=NCCL_LIB_DIR");
+    if let Some(dir) = env::var_os("NCCL_LIB_DIR") {
+        println!(
+            "cargo:rustc-link-search=native={}",
+            Path::new(&dir).display()
+        );
+    }
 }
 
 /// Where a CUDA toolkit may be named, in order.

@@ -109,6 +109,12 @@ pub struct CalibCli {
     /// Device: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu", help_heading = "Calibration")]
     pub device: String,
+    /// Calibrate data-parallel on several devices, comma-separated: CUDA ordinals (0,1,2,3;
+    /// NCCL sums the gradients, in a build with --features nccl) or `cpu,cpu` (ranks as CPU
+    /// threads, to test the parallel path). Each rank holds the block and its share of every
+    /// step's windows: --batch-size must be a multiple of their number. Replaces --device.
+    #[arg(long, value_delimiter = ',', help_heading = "Calibration")]
+    pub devices: Vec<String>,
     /// CUDA matrix products: f32, or tf32 (f32 accumulation; the released code uses fp16
     /// autocast). On an H100 tf32 measured slower for these shapes (59 vs 51 ms per step).
     #[arg(long, value_enum, default_value = "f32", help_heading = "Calibration")]
@@ -322,6 +328,11 @@ pub struct BenchStepCli {
     /// cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// The data-parallel step on these devices (as calibration's --devices; one window per
+    /// device and step, gradients summed every step), in place of --device. One device times
+    /// the step with its all-reduce machinery.
+    #[arg(long, value_delimiter = ',')]
+    pub devices: Vec<String>,
     /// CUDA matrix products: tf32 or f32.
     #[arg(long, value_enum, default_value = "f32")]
     pub cuda_matmul: crate::device::CudaMatmul,

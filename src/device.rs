@@ -28,6 +28,42 @@ pub fn parse(spec: &str, matmul: CudaMatmul) -> Result<Device> {
     }
 }
 
+/// The devices of a data-parallel calibration: `cpu`, `cuda:N` or a bare CUDA ordinal `N`,
+/// all of one kind, none twice (CPU ranks are threads: for tests of the parallel path).
+pub fn parse_list(specs: &[String], matmul: CudaMatmul) -> Result<Vec<Device>> {
+    let names: Vec<String> = specs
+        .iter()
+        .map(|s| match s.trim().parse::<usize>() {
+            Ok(n) => format!("cuda:{n}"),
+            Err(_) => s.trim().to_string(),
+        })
+        .collect();
+    let cuda = names.iter().filter(|n| n.starts_with("cuda")).count();
+    if cuda != 0 && cuda != names.len() {
+        bail!("--devices mixes the CPU and CUDA devices");
+    }
+    let ordinal = |n: &String| {
+        if n == "cuda" {
+            "cuda:0".to_string()
+        } else {
+            n.clone()
+        }
+    };
+    let mut seen: Vec<String> = names
+        .iter()
+        .filter(|n| n.starts_with("cuda"))
+        .map(ordinal)
+        .collect();
+    seen.sort();
+    if seen.windows(2).any(|w| w[0] == w[1]) {
+        bail!("--devices names a GPU twice (NCCL needs one rank per GPU)");
+    }
+    if cuda > 1 && !cfg!(feature = "nccl") {
+        bail!("calibrating on several GPUs needs a build with NCCL (hint: `cargo build --release --features nccl`)");
+    }
+    names.iter().map(|n| parse(n, matmul)).collect()
+}
+
 #[cfg(feature = "cuda")]
 fn cuda(ordinal: usize, matmul: CudaMatmul) -> Result<Device> {
     // candle's kernels are PTX, compiled by the driver when a process first loads them (about

@@ -42,15 +42,19 @@ fn calibrate(
     check_calibration_outputs(c, &out)?;
     // Inputs are checked before the banner: a bad model fails with its own one-line error.
     source::ModelSource::open(&model, tokenizer_pre.as_deref())?;
-    let device = device::parse(&c.device, c.cuda_matmul)?;
-    let compute = c.compute(device.is_cuda());
+    let devices = if c.devices.is_empty() {
+        vec![device::parse(&c.device, c.cuda_matmul)?]
+    } else {
+        device::parse_list(&c.devices, c.cuda_matmul)?
+    };
+    let compute = c.compute(devices[0].is_cuda());
     let args = pipeline::CalibrateArgs {
         recipe: c.recipe(compute)?,
         compute,
         export: c.export(),
         calib_files: c.calib.clone(),
         calib_max_bytes: c.calib_max_bytes,
-        device,
+        devices,
         baselines: c.baselines,
         tokenizer_pre,
         model,
@@ -72,7 +76,7 @@ fn calibrate(
         if r.batch == 1 { String::new() } else { format!(" in steps of {}", r.batch) },
         r.epochs,
         r.seed,
-        c.device,
+        if c.devices.is_empty() { c.device.clone() } else { format!("devices {}", c.devices.join(",")) },
         compute.precision.name(),
         if compute.fused { ", fused kernels" } else { "" },
     );
@@ -319,10 +323,21 @@ fn run(cli: Cli) -> Result<()> {
         }
         Some(Command::BenchStep(a)) => {
             let hp = apiq2gguf::bench::shape(&a.shape)?;
-            let dev = device::parse(&a.device, a.cuda_matmul)?;
-            let c = a.kernels.compute(dev.is_cuda(), a.precision);
+            let devices = match a.devices.is_empty() {
+                true => vec![device::parse(&a.device, a.cuda_matmul)?],
+                false => device::parse_list(&a.devices, a.cuda_matmul)?,
+            };
+            let c = a.kernels.compute(devices[0].is_cuda(), a.precision);
             let r = apiq2gguf::apiq::recipe::Recipe::default();
-            let t = apiq2gguf::bench::train_step(&hp, a.seqlen, &r, c, &dev, a.warmup, a.steps)?;
+            let (warmup, steps) = (a.warmup, a.steps);
+            let t = match a.devices.is_empty() {
+                true => {
+                    apiq2gguf::bench::train_step(&hp, a.seqlen, &r, c, &devices[0], warmup, steps)?
+                }
+                false => apiq2gguf::bench::train_step_ranks(
+                    &hp, a.seqlen, &r, c, &devices, warmup, steps,
+                )?,
+            };
             let peak = t.peak_bytes.map_or(String::new(), |b| {
                 format!(", peak {:.2} GiB", b as f64 / (1u64 << 30) as f64)
             });
@@ -333,7 +348,10 @@ fn run(cli: Cli) -> Result<()> {
                 if c.fused { "fused" } else { "candle" },
                 a.shape,
                 a.seqlen,
-                a.device,
+                match a.devices.is_empty() {
+                    true => a.device.clone(),
+                    false => format!("devices {}", a.devices.join(",")),
+                },
                 t.ms_per_step,
                 t.tokens_per_s,
                 t.steps

@@ -12,6 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
+use crate::apiq::parallel::{run_ranks, Collective, Solo};
 use crate::apiq::recipe::Recipe;
 use crate::apiq::state::State;
 use crate::apiq::train;
@@ -29,7 +30,9 @@ pub struct CalibrateArgs {
     pub export: ExportOptions,
     pub calib_files: Vec<PathBuf>,
     pub calib_max_bytes: Option<usize>,
-    pub device: Device,
+    /// One device, or one per rank of a data-parallel calibration (the windows of each step
+    /// shared out evenly).
+    pub devices: Vec<Device>,
     /// Precision and kernels of the training (the recipe holds the precision too).
     pub compute: Compute,
     /// Also train an LWC-only copy of each block on the same inputs, for the closing table.
@@ -95,12 +98,13 @@ pub fn calibrate(
     let r = &a.recipe;
     let src = ModelSource::open(&a.model, a.tokenizer_pre.as_deref())?;
     let hp = load::hparams(&src)?;
-    let dev = &a.device;
     let seqlen = r.seqlen.min(hp.n_ctx_train.max(1));
 
     let text = data::read_text(&data::resolve_files(&a.calib_files)?, a.calib_max_bytes)?;
     let tokens = data::tokenize(&src, &text)?;
     let windows = data::windows(&tokens, r.nsamples, seqlen, r.seed)?;
+    train::steps_per_epoch(windows.len(), r.batch)?;
+    train::rank_batch(r.batch, a.devices.len())?;
     let hash = calib_hash(&windows.concat());
     let fingerprint = serde_json::to_string_pretty(&serde_json::json!({
         "model": a.model.canonicalize().unwrap_or_else(|_| a.model.clone()),
@@ -110,111 +114,25 @@ pub fn calibrate(
         "fused_kernels": a.compute.fused,
     }))?;
     let state = State::open(&a.out, &fingerprint)?;
-    let state_dir = crate::apiq::state::dir_for(&a.out);
-    let note = |saved: usize| {
-        crate::atomic::set_interrupt_note(Some(format!(
-            "interrupted: {saved} of {} blocks saved in {}; run the same command again to resume",
-            hp.n_layer,
-            state_dir.display()
-        )));
+    let run = Run {
+        a,
+        src: &src,
+        hp: &hp,
+        seqlen,
+        windows: &windows,
+        hash: &hash,
+        state: &state,
     };
-    note((0..hp.n_layer).take_while(|&l| state.has(l)).count());
-
-    let steps = train::steps_per_epoch(windows.len(), r.batch)?;
-    let mut fp_in = load::embed_windows(&src, &hp, &windows, DTYPE, dev)?;
-    let mut q_in = fp_in.clone();
-    let rope = Rope::new(&hp, seqlen, DTYPE, dev)?.with_compute(a.compute);
-
-    let mut writer = CalibratedWriter::create(&src, &a.out, r, &a.export, hp.n_layer, &hash)?;
-    let mut reports = Vec::with_capacity(hp.n_layer);
-    for layer in 0..hp.n_layer {
-        let t0 = Instant::now();
-        let bw = load::block(&src, &hp, layer, DTYPE, dev)?;
-        let ctx = || format!("block {layer}");
-        let fp_out: Vec<Tensor> = fp_in
-            .iter()
-            .map(|x| bw.forward_fp(&hp, &rope, x))
-            .collect::<candle_core::Result<_>>()
-            .with_context(ctx)?;
-        let mut losses: Vec<Vec<f64>> = Vec::new();
-        let data = train::BlockData {
-            hp: &hp,
-            rope: &rope,
-            bw: &bw,
-            layer,
-            fp_in: &fp_in,
-            q_in: &q_in,
-            fp_out: &fp_out,
-        };
-        let saved = state.load(layer)?;
-        let resumed = saved.is_some();
-        let learned = match saved {
-            Some(l) => l,
-            None if !r.trains() => train::rtn_learned(),
-            None => {
-                let bar = progress.bar((r.epochs * steps) as u64, "calibrating");
-                bar.set_message(format!("blk.{layer}"));
-                let mut epoch_sum = 0.0;
-                let mut obs = |e: usize, j: usize, loss: f64| {
-                    // ApiQ-lw trains its groups of linears one after the other, each from
-                    // epoch 0: one list of losses per group.
-                    if (e, j) == (0, 0) || losses.is_empty() {
-                        losses.push(Vec::new());
-                    }
-                    losses.last_mut().expect("pushed").push(loss);
-                    epoch_sum = if j == 0 { loss } else { epoch_sum + loss };
-                    let mean = epoch_sum / (j + 1) as f64;
-                    bar.set_message(format!(
-                        "blk.{layer} epoch {}/{} mean loss {mean:.3e}",
-                        e + 1,
-                        r.epochs
-                    ));
-                    bar.inc(1);
-                };
-                let learned =
-                    train::train(r, &data, r.lora.is_some(), &mut obs).with_context(ctx)?;
-                bar.finish_and_clear();
-                state.save(layer, &learned)?;
-                note(layer + 1);
-                learned
-            }
-        };
-        let linears = train::finalize(r, &bw, &learned).with_context(ctx)?;
-        let mse_final = train::output_mse(&hp, &rope, &bw, &linears, &q_in, &fp_out)?;
-        let rtn = train::rtn_linears(r, &bw)?;
-        let mse_rtn = train::output_mse(&hp, &rope, &bw, &rtn, &q_in, &fp_out)?;
-        let mse_lwc = if a.baselines && r.trains() && r.lora.is_some() {
-            let lwc_recipe = Recipe {
-                lora: None,
-                ..r.clone()
-            };
-            let learned = train::train(&lwc_recipe, &data, false, &mut |_, _, _| {})?;
-            let lin = train::finalize(&lwc_recipe, &bw, &learned)?;
-            Some(train::output_mse(&hp, &rope, &bw, &lin, &q_in, &fp_out)?)
-        } else {
-            None
-        };
-        // Advance both chains: the quantized one with the final block, LoRA included.
-        q_in = q_in
-            .iter()
-            .map(|x| crate::apiq::qblock::forward_final(&hp, &rope, &bw.norms, &linears, x))
-            .collect::<candle_core::Result<_>>()?;
-        fp_in = fp_out;
-        writer.write_block(layer, &linears)?;
-        let report = BlockReport {
-            layer,
-            mse_rtn,
-            mse_lwc,
-            mse_final,
-            loss_first: smoothed(&losses, steps, true),
-            loss_last: smoothed(&losses, steps, false),
-            seconds: t0.elapsed().as_secs_f64(),
-            resumed,
-        };
-        on_block(&report, hp.n_layer);
-        reports.push(report);
-    }
-    let written = writer.finish()?;
+    let world = a.devices.len();
+    let blocks = if world == 1 {
+        run.rank(&Solo, &a.devices[0], Some((progress, on_block)))?
+    } else {
+        let devices = &a.devices;
+        let first = |c: &dyn Collective| run.rank(c, &devices[0], Some((progress, on_block)));
+        let other = |c: &dyn Collective, rank: usize| run.rank(c, &devices[rank], None);
+        run_ranks(devices, first, other)?.0
+    };
+    let (reports, written) = blocks.expect("rank 0 writes the outputs");
     state.remove()?;
     crate::atomic::set_interrupt_note(None);
     Ok(Summary {
@@ -222,4 +140,161 @@ pub fn calibrate(
         written,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Rank 0's progress bars and its callback after each block.
+type Ui<'a> = (&'a Progress, &'a mut dyn FnMut(&BlockReport, usize));
+
+/// What rank 0 returns: the block reports and what was written.
+type RankOutput = Option<(Vec<BlockReport>, Written)>;
+
+/// What every rank shares: the source, the windows, the resume state.
+struct Run<'a> {
+    a: &'a CalibrateArgs,
+    src: &'a ModelSource,
+    hp: &'a crate::nn::hparams::HParams,
+    seqlen: usize,
+    windows: &'a [Vec<u32>],
+    hash: &'a str,
+    state: &'a State,
+}
+
+impl Run<'_> {
+    /// One rank's calibration on `dev`, over its shard of the windows; rank 0 (`ui` set)
+    /// also reports, saves the resume state and writes the outputs.
+    fn rank(&self, c: &dyn Collective, dev: &Device, mut ui: Option<Ui>) -> Result<RankOutput> {
+        let (a, hp, state) = (self.a, self.hp, self.state);
+        let r = &a.recipe;
+        let shard = train::shard(self.windows.len(), r.batch, c.rank(), c.world())?;
+        let windows: Vec<Vec<u32>> = shard.iter().map(|&j| self.windows[j].clone()).collect();
+        let steps = windows.len() / train::rank_batch(r.batch, c.world())?;
+        let state_dir = crate::apiq::state::dir_for(&a.out);
+        let note = |saved: usize| {
+            crate::atomic::set_interrupt_note(Some(format!(
+                "interrupted: {saved} of {} blocks saved in {}; run the same command again to resume",
+                hp.n_layer,
+                state_dir.display()
+            )));
+        };
+        if ui.is_some() {
+            note((0..hp.n_layer).take_while(|&l| state.has(l)).count());
+        }
+
+        let mut fp_in = load::embed_windows(self.src, hp, &windows, DTYPE, dev)?;
+        let mut q_in = fp_in.clone();
+        let rope = Rope::new(hp, self.seqlen, DTYPE, dev)?.with_compute(a.compute);
+
+        let mut writer = match ui {
+            Some(_) => Some(CalibratedWriter::create(
+                self.src, &a.out, r, &a.export, hp.n_layer, self.hash,
+            )?),
+            None => None,
+        };
+        let mut reports = Vec::with_capacity(hp.n_layer);
+        for layer in 0..hp.n_layer {
+            let t0 = Instant::now();
+            let bw = load::block(self.src, hp, layer, DTYPE, dev)?;
+            let ctx = || format!("block {layer}");
+            let fp_out: Vec<Tensor> = fp_in
+                .iter()
+                .map(|x| bw.forward_fp(hp, &rope, x))
+                .collect::<candle_core::Result<_>>()
+                .with_context(ctx)?;
+            let mut losses: Vec<Vec<f64>> = Vec::new();
+            let data = train::BlockData {
+                hp,
+                rope: &rope,
+                bw: &bw,
+                layer,
+                fp_in: &fp_in,
+                q_in: &q_in,
+                fp_out: &fp_out,
+            };
+            let saved = state.load(layer)?;
+            let resumed = saved.is_some();
+            let learned = match saved {
+                Some(l) => l,
+                None if !r.trains() => train::rtn_learned(),
+                None => {
+                    let bar = match &ui {
+                        Some((progress, _)) => {
+                            progress.bar((r.epochs * steps) as u64, "calibrating")
+                        }
+                        None => indicatif::ProgressBar::hidden(),
+                    };
+                    bar.set_message(format!("blk.{layer}"));
+                    let mut epoch_sum = 0.0;
+                    let mut obs = |e: usize, j: usize, loss: f64| {
+                        // ApiQ-lw trains its groups of linears one after the other, each from
+                        // epoch 0: one list of losses per group.
+                        if (e, j) == (0, 0) || losses.is_empty() {
+                            losses.push(Vec::new());
+                        }
+                        losses.last_mut().expect("pushed").push(loss);
+                        epoch_sum = if j == 0 { loss } else { epoch_sum + loss };
+                        let mean = epoch_sum / (j + 1) as f64;
+                        bar.set_message(format!(
+                            "blk.{layer} epoch {}/{} mean loss {mean:.3e}",
+                            e + 1,
+                            r.epochs
+                        ));
+                        bar.inc(1);
+                    };
+                    let learned =
+                        train::train(r, &data, r.lora.is_some(), c, &mut obs).with_context(ctx)?;
+                    bar.finish_and_clear();
+                    if ui.is_some() {
+                        state.save(layer, &learned)?;
+                        note(layer + 1);
+                    }
+                    learned
+                }
+            };
+            let linears = train::finalize(r, &bw, &learned).with_context(ctx)?;
+            let n = q_in.len();
+            let mse = |linears: &[crate::apiq::qblock::FinalLinear]| -> Result<f64> {
+                let local = train::output_mse(hp, &rope, &bw, linears, &q_in, &fp_out)?;
+                c.mean(local, n, dev)
+            };
+            let mse_final = mse(&linears)?;
+            let mse_rtn = mse(&train::rtn_linears(r, &bw)?)?;
+            let mse_lwc = if a.baselines && r.trains() && r.lora.is_some() {
+                let lwc_recipe = Recipe {
+                    lora: None,
+                    ..r.clone()
+                };
+                let learned = train::train(&lwc_recipe, &data, false, c, &mut |_, _, _| {})?;
+                Some(mse(&train::finalize(&lwc_recipe, &bw, &learned)?)?)
+            } else {
+                None
+            };
+            // Advance both chains: the quantized one with the final block, LoRA included.
+            q_in = q_in
+                .iter()
+                .map(|x| crate::apiq::qblock::forward_final(hp, &rope, &bw.norms, &linears, x))
+                .collect::<candle_core::Result<_>>()?;
+            fp_in = fp_out;
+            if let Some(w) = writer.as_mut() {
+                w.write_block(layer, &linears)?;
+            }
+            let report = BlockReport {
+                layer,
+                mse_rtn,
+                mse_lwc,
+                mse_final,
+                loss_first: smoothed(&losses, steps, true),
+                loss_last: smoothed(&losses, steps, false),
+                seconds: t0.elapsed().as_secs_f64(),
+                resumed,
+            };
+            if let Some((_, on_block)) = ui.as_mut() {
+                on_block(&report, hp.n_layer);
+            }
+            reports.push(report);
+        }
+        match writer {
+            Some(w) => Ok(Some((reports, w.finish()?))),
+            None => Ok(None),
+        }
+    }
 }

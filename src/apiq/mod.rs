@@ -3,6 +3,9 @@
 pub mod adamw;
 #[cfg(feature = "cuda")]
 mod adamw_cuda;
+pub mod parallel;
+#[cfg(feature = "nccl")]
+pub mod parallel_nccl;
 pub mod qblock;
 pub mod recipe;
 pub mod state;

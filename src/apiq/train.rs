@@ -6,6 +6,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
 use super::adamw::AdamW;
+use super::parallel::Collective;
 use super::qblock::{forward_final, forward_train, FinalLinear, Learned, TrainLinear};
 use super::recipe::{Method, Recipe};
 use super::step;
@@ -211,6 +212,32 @@ impl StepSum {
         self.windows += 1;
         Ok(())
     }
+
+    /// Sums the losses and the gradients of `vars` over every rank of `c` (nothing to do
+    /// alone): afterwards each rank holds the step's sums over all its windows.
+    pub(crate) fn all_reduce(&mut self, c: &dyn Collective, vars: &[Var]) -> Result<()> {
+        if c.world() == 1 {
+            return Ok(());
+        }
+        let Some(loss) = self.loss.take() else {
+            bail!("a training step needs a window on every rank");
+        };
+        let mut ts = vec![loss];
+        for v in vars {
+            match self.grads.remove(v.as_tensor()) {
+                Some(g) => ts.push(g),
+                None => bail!("a trained tensor got no gradient"),
+            }
+        }
+        c.all_reduce_sum(&mut ts)?;
+        let mut ts = ts.into_iter();
+        self.loss = ts.next();
+        for (v, g) in vars.iter().zip(ts) {
+            self.grads.insert(v.as_tensor(), g);
+        }
+        self.windows *= c.world();
+        Ok(())
+    }
 }
 
 /// Where one step is: block, epoch, window.
@@ -281,6 +308,27 @@ pub fn steps_per_epoch(windows: usize, batch: usize) -> Result<usize> {
     Ok(windows / batch)
 }
 
+/// Windows per step on each of `world` ranks: refused unless they share each step evenly.
+pub fn rank_batch(batch: usize, world: usize) -> Result<usize> {
+    if world == 0 || !batch.is_multiple_of(world) {
+        bail!("steps of {batch} windows do not split over {world} devices (--batch-size must be a multiple of the number of --devices)");
+    }
+    Ok(batch / world)
+}
+
+/// The windows (indices into `windows` windows in order) rank `rank` of `world` trains on: of
+/// each step of `batch`, its share of consecutive windows, in order.
+pub fn shard(windows: usize, batch: usize, rank: usize, world: usize) -> Result<Vec<usize>> {
+    let per_rank = rank_batch(batch, world)?;
+    let steps = steps_per_epoch(windows, batch)?;
+    Ok((0..steps)
+        .flat_map(|s| {
+            let first = s * batch + rank * per_rank;
+            first..first + per_rank
+        })
+        .collect())
+}
+
 /// What training one block needs: its weights, the inputs of both chains and the FP targets.
 pub struct BlockData<'a> {
     pub hp: &'a HParams,
@@ -297,11 +345,12 @@ pub fn train(
     r: &Recipe,
     d: &BlockData,
     with_lora: bool,
+    c: &dyn Collective,
     obs: &mut dyn StepObserver,
 ) -> Result<Vec<Learned>> {
     match r.method {
         Method::ApiqLw => train_block_lw(
-            r, d.hp, d.rope, d.bw, d.layer, d.fp_in, d.q_in, with_lora, obs,
+            r, d.hp, d.rope, d.bw, d.layer, d.fp_in, d.q_in, with_lora, c, obs,
         ),
         _ => {
             let fp_out2: Option<Vec<Tensor>> = if r.aug_loss {
@@ -324,6 +373,7 @@ pub fn train(
                 d.fp_out,
                 fp_out2.as_deref(),
                 with_lora,
+                c,
                 obs,
             )
         }
@@ -338,7 +388,8 @@ fn check_finite(loss: f64, layer: usize, epoch: usize, index: usize) -> Result<(
 }
 
 /// ApiQ-bw for block `layer`: targets `fp_out[j] = F(fp_in[j])` (and `fp_out2[j] = F(q_in[j])`
-/// with the aug loss); trains on `q_in`. `with_lora = false` trains LWC only.
+/// with the aug loss); trains on `q_in`, this rank's shard of the windows (all of them alone).
+/// `with_lora = false` trains LWC only.
 #[allow(clippy::too_many_arguments)]
 pub fn train_block(
     r: &Recipe,
@@ -350,6 +401,7 @@ pub fn train_block(
     fp_out: &[Tensor],
     fp_out2: Option<&[Tensor]>,
     with_lora: bool,
+    c: &dyn Collective,
     obs: &mut dyn StepObserver,
 ) -> Result<Vec<Learned>> {
     let linears = new_linears(r, bw, layer, with_lora)?;
@@ -359,11 +411,12 @@ pub fn train_block(
         linears.iter().flat_map(TrainLinear::lwc_vars).collect(),
         linears.iter().flat_map(TrainLinear::lora_vars).collect(),
     )?;
-    let steps = steps_per_epoch(q_in.len(), r.batch)?;
+    let batch = rank_batch(r.batch, c.world())?;
+    let steps = steps_per_epoch(q_in.len(), batch)?;
     for epoch in 0..r.epochs {
         for index in 0..steps {
             let mut sum = StepSum::new();
-            for j in index * r.batch..(index + 1) * r.batch {
+            for j in index * batch..(index + 1) * batch {
                 let mut targets = vec![&fp_out[j]];
                 targets.extend(fp_out2.map(|t| &t[j]));
                 let (loss, grads) = bw_window(
@@ -371,6 +424,7 @@ pub fn train_block(
                 )?;
                 sum.add(&opt.vars, loss, grads)?;
             }
+            sum.all_reduce(c, &opt.vars)?;
             let at = StepAt {
                 layer,
                 epoch,
@@ -397,6 +451,7 @@ pub fn train_block_lw(
     fp_in: &[Tensor],
     q_in: &[Tensor],
     with_lora: bool,
+    c: &dyn Collective,
     obs: &mut dyn StepObserver,
 ) -> Result<Vec<Learned>> {
     const GROUPS: [&[usize]; 4] = [
@@ -454,11 +509,12 @@ pub fn train_block_lw(
             group.iter().flat_map(|&i| linears[i].lwc_vars()).collect(),
             group.iter().flat_map(|&i| linears[i].lora_vars()).collect(),
         )?;
-        let steps = steps_per_epoch(inputs.len(), r.batch)?;
+        let batch = rank_batch(r.batch, c.world())?;
+        let steps = steps_per_epoch(inputs.len(), batch)?;
         for epoch in 0..r.epochs {
             for index in 0..steps {
                 let mut sum = StepSum::new();
-                for j in index * r.batch..(index + 1) * r.batch {
+                for j in index * batch..(index + 1) * batch {
                     let outs = group
                         .iter()
                         .enumerate()
@@ -472,6 +528,7 @@ pub fn train_block_lw(
                     let grads = opt.grads(&loss)?;
                     sum.add(&opt.vars, loss, grads)?;
                 }
+                sum.all_reduce(c, &opt.vars)?;
                 let at = StepAt {
                     layer,
                     epoch,
@@ -634,6 +691,7 @@ mod tests {
             &targets,
             None,
             true,
+            &crate::apiq::parallel::Solo,
             &mut |_: usize, _: usize, loss: f64| losses.push(loss),
         )
         .unwrap();

@@ -212,3 +212,42 @@ fn same_seed_same_bytes_and_kill_resume_is_identical() {
         .collect();
     assert!(stray.is_empty(), "{stray:?}");
 }
+
+#[test]
+fn data_parallel_ranks_reproduce_the_one_device_run() {
+    // Steps of two windows on one device, and on two ranks (CPU threads) holding one window
+    // of each step: the ranks' gradients summed in rank order are the one device's sum in
+    // window order, so both runs write the same bytes.
+    let d = tempdir();
+    let one = d.path().join("one.gguf");
+    calibrate(&one, &["--batch-size", "2"]);
+    let two = d.path().join("two.gguf");
+    calibrate(&two, &["--batch-size", "2", "--devices", "cpu,cpu"]);
+    for (a, b) in [(one.clone(), two.clone()), (lora_of(&one), lora_of(&two))] {
+        assert!(
+            std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap(),
+            "{} and {} differ",
+            a.display(),
+            b.display()
+        );
+    }
+    // And steps of two windows do train differently from steps of one.
+    let single = d.path().join("single.gguf");
+    calibrate(&single, &[]);
+    assert!(std::fs::read(&single).unwrap() != std::fs::read(&one).unwrap());
+
+    // A step's windows must split evenly over the ranks.
+    let args = quick_args(
+        &stories_hf(),
+        &d.path().join("uneven.gguf"),
+        &shared().join("data/calib/c4.utf8"),
+        &["--devices", "cpu,cpu"],
+    );
+    let o = bin().args(&args).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--batch-size must be a multiple"),
+        "{err}"
+    );
+    assert!(!d.path().join("uneven.gguf").exists());
+}

@@ -1,0 +1,278 @@
+//! Data parallelism over calibration windows: one rank per device, each holding the current
+//! block and its shard of the windows. Each training step every rank sums the losses and
+//! gradients of its windows of the step, a [`Collective`] sums those over all ranks, and every
+//! rank applies the same update to its copy of the parameters, which so stay identical.
+//!
+//! [`HostGroup`] sums on the host, in rank order, for ranks that are threads of this process
+//! (CPU devices, and the tests); `parallel_nccl` (CUDA builds with the `nccl` feature) sums on
+//! the GPUs through NCCL.
+
+use std::sync::{Arc, Condvar, Mutex};
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+
+/// What the ranks of one calibration share.
+pub trait Collective {
+    fn rank(&self) -> usize;
+    fn world(&self) -> usize;
+    /// Replaces each tensor by its sum over all ranks, the same values on every rank. Every
+    /// rank passes tensors of the same shapes in the same order.
+    fn all_reduce_sum(&self, tensors: &mut [Tensor]) -> Result<()>;
+
+    /// The mean over all ranks' items of a value whose mean over this rank's `n` items is
+    /// `mean`.
+    fn mean(&self, mean: f64, n: usize, dev: &Device) -> Result<f64> {
+        if self.world() == 1 {
+            return Ok(mean);
+        }
+        let mut t = [Tensor::new(&[mean * n as f64, n as f64], dev)?];
+        self.all_reduce_sum(&mut t)?;
+        let v = t[0].to_vec1::<f64>()?;
+        Ok(v[0] / v[1].max(1.0))
+    }
+}
+
+/// One rank alone: sums are the values themselves.
+pub struct Solo;
+
+impl Collective for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn world(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _: &mut [Tensor]) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Ranks as threads of this process, meeting in [`HostRank::all_reduce_sum`]. A rank that
+/// fails calls [`HostGroup::fail`], so the others stop at their next sum instead of waiting
+/// for it forever.
+pub struct HostGroup {
+    world: usize,
+    state: Mutex<Round>,
+    changed: Condvar,
+}
+
+struct Round {
+    /// This round's contributions, on the CPU, by rank.
+    slots: Vec<Option<Vec<Tensor>>>,
+    arrived: usize,
+    /// Rounds completed; a waiting rank leaves when it moves on.
+    completed: u64,
+    /// The last completed round's sums: replaced only when every rank has arrived again, so
+    /// after every rank has read it.
+    sums: Arc<Vec<Tensor>>,
+    failed: bool,
+}
+
+impl HostGroup {
+    pub fn new(world: usize) -> HostGroup {
+        HostGroup {
+            world,
+            state: Mutex::new(Round {
+                slots: vec![None; world],
+                arrived: 0,
+                completed: 0,
+                sums: Arc::new(Vec::new()),
+                failed: false,
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    pub fn rank(&self, rank: usize) -> HostRank<'_> {
+        assert!(rank < self.world);
+        HostRank { group: self, rank }
+    }
+
+    /// Wakes every waiting rank with an error: one rank has failed.
+    pub fn fail(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.failed = true;
+        self.changed.notify_all();
+    }
+}
+
+pub struct HostRank<'a> {
+    group: &'a HostGroup,
+    rank: usize,
+}
+
+impl Collective for HostRank<'_> {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+    fn world(&self) -> usize {
+        self.group.world
+    }
+    fn all_reduce_sum(&self, tensors: &mut [Tensor]) -> Result<()> {
+        let g = self.group;
+        let mine = tensors
+            .iter()
+            .map(|t| t.to_device(&Device::Cpu))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let mut s = g.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.failed {
+            bail!("another rank of the calibration failed");
+        }
+        s.slots[self.rank] = Some(mine);
+        s.arrived += 1;
+        let round = s.completed;
+        if s.arrived == g.world {
+            let slots: Vec<Vec<Tensor>> = s.slots.iter_mut().map(|x| x.take().unwrap()).collect();
+            let mut sums = Vec::with_capacity(slots[0].len());
+            for i in 0..slots[0].len() {
+                let mut acc = slots[0][i].clone();
+                for other in &slots[1..] {
+                    acc = (acc + &other[i])?;
+                }
+                sums.push(acc);
+            }
+            s.sums = Arc::new(sums);
+            s.arrived = 0;
+            s.completed += 1;
+            g.changed.notify_all();
+        } else {
+            while s.completed == round && !s.failed {
+                s = g.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            if s.completed == round {
+                bail!("another rank of the calibration failed");
+            }
+        }
+        let sums = s.sums.clone();
+        drop(s);
+        for (t, sum) in tensors.iter_mut().zip(sums.iter()) {
+            *t = sum.to_device(t.device())?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs one rank per device, joined by the collective their kind takes (NCCL for GPUs, host
+/// sums for CPU threads): `first` as rank 0 on this thread, `other` for the rest, each on its
+/// own. The first error of any rank (before the "another rank failed" of those it stopped) is
+/// the result; else rank 0's value and the others', by rank.
+pub fn run_ranks<T: Send>(
+    devices: &[Device],
+    first: impl FnOnce(&dyn Collective) -> Result<T>,
+    other: impl Fn(&dyn Collective, usize) -> Result<T> + Sync,
+) -> Result<(T, Vec<T>)> {
+    let group = HostGroup::new(devices.len());
+    #[cfg(feature = "nccl")]
+    let nccl = match devices[0].is_cuda() {
+        true => Some(super::parallel_nccl::group_id()?),
+        false => None,
+    };
+    // The rank's collective, then `f` with it.
+    let join = |rank: usize, f: &mut dyn FnMut(&dyn Collective) -> Result<T>| -> Result<T> {
+        let gate = group.rank(rank);
+        #[cfg(feature = "nccl")]
+        if let Some(id) = nccl {
+            return f(&super::parallel_nccl::NcclRank::join(
+                id,
+                gate,
+                &devices[rank],
+            )?);
+        }
+        f(&gate)
+    };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (1..devices.len())
+            .map(|rank| {
+                let (group, join, other) = (&group, &join, &other);
+                s.spawn(move || {
+                    let out = join(rank, &mut |c| other(c, rank));
+                    if out.is_err() {
+                        group.fail();
+                    }
+                    out
+                })
+            })
+            .collect();
+        let mut first = Some(first);
+        let zero = join(0, &mut |c| (first.take().expect("rank 0 runs once"))(c));
+        if zero.is_err() {
+            group.fail();
+        }
+        let mut errors = Vec::new();
+        let mut values = Vec::new();
+        for (rank, out) in std::iter::once(Ok(zero))
+            .chain(handles.into_iter().map(|h| h.join()))
+            .enumerate()
+        {
+            match out {
+                Ok(Ok(v)) => values.push(v),
+                Ok(Err(e)) => errors.push(e.context(format!("device {rank}"))),
+                Err(_) => errors.push(anyhow::anyhow!("device {rank}: the thread panicked")),
+            }
+        }
+        errors.sort_by_key(|e| format!("{e:#}").contains("another rank"));
+        if let Some(e) = errors.into_iter().next() {
+            return Err(e);
+        }
+        let mut values = values.into_iter();
+        let zero = values.next().expect("rank 0 ran");
+        Ok((zero, values.collect()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_ranks_get_the_rank_ordered_sum_every_round() {
+        let world = 3;
+        let group = HostGroup::new(world);
+        let results: Vec<Vec<Vec<f32>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..world)
+                .map(|rank| {
+                    let c = group.rank(rank);
+                    s.spawn(move || {
+                        (0..50)
+                            .map(|round| {
+                                let v = [rank as f32 + 1.0, round as f32 * 0.1 + rank as f32];
+                                let mut t = [Tensor::new(&v, &Device::Cpu).unwrap()];
+                                c.all_reduce_sum(&mut t).unwrap();
+                                t[0].to_vec1::<f32>().unwrap()
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for round in 0..50 {
+            let expect = [
+                1.0 + 2.0 + 3.0,
+                (round as f32 * 0.1 + 0.0)
+                    + (round as f32 * 0.1 + 1.0)
+                    + (round as f32 * 0.1 + 2.0),
+            ];
+            for r in &results {
+                assert_eq!(r[round], expect, "round {round}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_rank_releases_the_others() {
+        let group = HostGroup::new(2);
+        let c = group.rank(0);
+        std::thread::scope(|s| {
+            let waiting = s.spawn(|| {
+                let mut t = [Tensor::new(&[1f32], &Device::Cpu).unwrap()];
+                c.all_reduce_sum(&mut t)
+            });
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            group.fail();
+            let err = waiting.join().unwrap().unwrap_err();
+            assert!(err.to_string().contains("another rank"), "{err}");
+        });
+    }
+}
