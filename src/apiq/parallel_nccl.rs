@@ -40,7 +40,13 @@ impl<'a> NcclRank<'a> {
             bail!("NCCL ranks run on CUDA devices");
         };
         let (rank, world) = (gate.rank(), gate.world());
-        let comm = Comm::from_rank(d.cuda_stream(), rank, world, id)
+        // ncclCommInitRank takes the calling thread's current device, not the stream's.
+        let stream = d.cuda_stream();
+        stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| anyhow!("CUDA: {e:?}"))?;
+        let comm = Comm::from_rank(stream, rank, world, id)
             .map_err(|e| anyhow!("NCCL: rank {rank} of {world} cannot join: {e:?}"))?;
         Ok(NcclRank {
             comm,
