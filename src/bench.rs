@@ -7,10 +7,10 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
-use crate::apiq::parallel::{run_ranks, Collective};
+use crate::apiq::parallel::{run_ranks, Collective, Solo};
 use crate::apiq::qblock::TrainLinear;
 use crate::apiq::recipe::Recipe;
-use crate::apiq::train::{bw_step, bw_window, Optimizers, StepAt, StepSum};
+use crate::apiq::train::{bw_window, Optimizers, StepAt, StepSum};
 use crate::nn::block::{BlockNorms, Rope};
 use crate::nn::compute::Compute;
 use crate::nn::hparams::{HParams, RopeKind};
@@ -81,7 +81,7 @@ pub struct StepTiming {
 }
 
 /// Times `steps` training steps after `warmup` untimed ones: the calibration's own step
-/// (`Optimizers`, `bw_step`) computing as `c` says.
+/// (`Optimizers`, `bw_window`, `StepSum`) computing as `c` says.
 pub fn train_step(
     hp: &HParams,
     seqlen: usize,
@@ -91,8 +91,41 @@ pub fn train_step(
     warmup: usize,
     steps: usize,
 ) -> Result<StepTiming> {
+    time_rank(hp, seqlen, recipe, c, &Solo, dev, (warmup, steps))
+}
+
+/// The data-parallel step: one rank per device, each with the same block shape and one window
+/// per step, the ranks' gradients summed every step (`apiq::parallel`) before each applies the
+/// update, as the calibration with `--devices` and a batch of one window per device. Tokens per
+/// second count every rank's window.
+pub fn train_step_ranks(
+    hp: &HParams,
+    seqlen: usize,
+    recipe: &Recipe,
+    c: Compute,
+    devices: &[Device],
+    warmup: usize,
+    steps: usize,
+) -> Result<StepTiming> {
+    let n = (warmup, steps);
+    let first = |coll: &dyn Collective| time_rank(hp, seqlen, recipe, c, coll, &devices[0], n);
+    let other =
+        |coll: &dyn Collective, r: usize| time_rank(hp, seqlen, recipe, c, coll, &devices[r], n);
+    Ok(run_ranks(devices, first, other)?.0)
+}
+
+/// One rank's timed steps (`warmup`, `steps`) on a random block on `dev`.
+fn time_rank(
+    hp: &HParams,
+    seqlen: usize,
+    recipe: &Recipe,
+    c: Compute,
+    coll: &dyn Collective,
+    dev: &Device,
+    (warmup, steps): (usize, usize),
+) -> Result<StepTiming> {
     if dev.is_cuda() {
-        dev.set_seed(7)?;
+        dev.set_seed(7 + coll.rank() as u64)?;
     }
     let e = hp.n_embd;
     let (linears, norms) = random_block(hp, recipe, dev)?;
@@ -106,30 +139,32 @@ pub fn train_step(
         linears.iter().flat_map(TrainLinear::lwc_vars).collect(),
         linears.iter().flat_map(TrainLinear::lora_vars).collect(),
     )?;
-    let mut step = |i: usize| -> Result<()> {
-        let at = StepAt {
-            layer: 0,
-            epoch: 0,
-            index: i,
-        };
-        let targets = [&t1, &t2];
-        bw_step(
+    let mut step = |index: usize| -> Result<()> {
+        let (loss, grads) = bw_window(
             hp,
             &rope,
             &norms,
             &recipe.quant,
             &linears,
             &x,
-            &targets,
-            &mut opt,
-            at,
-            &mut |_, _, _| {},
-        )
+            &[&t1, &t2],
+            &opt,
+        )?;
+        let mut sum = StepSum::new();
+        sum.add(opt.vars(), loss, grads)?;
+        sum.all_reduce(coll, opt.vars())?;
+        let at = StepAt {
+            layer: 0,
+            epoch: 0,
+            index,
+        };
+        opt.apply(sum, at, &mut |_, _, _| {})
     };
     for i in 0..warmup {
         step(i)?;
     }
     dev.synchronize()?;
+    coll.all_reduce_sum(&mut [])?;
     reset_peak(dev)?;
     let t = Instant::now();
     for i in 0..steps {
@@ -139,89 +174,10 @@ pub fn train_step(
     let s = t.elapsed().as_secs_f64() / steps as f64;
     Ok(StepTiming {
         ms_per_step: s * 1e3,
-        tokens_per_s: seqlen as f64 / s,
+        tokens_per_s: (seqlen * coll.world()) as f64 / s,
         steps,
         peak_bytes: peak(dev)?,
     })
-}
-
-/// The data-parallel step: one rank per device, each with the same block shape and one window
-/// per step, the ranks' gradients summed every step (`apiq::parallel`) before each applies the
-/// update, as the calibration with `--devices` and a batch of one window per device. Tokens per
-/// second count every rank's window.
-#[allow(clippy::too_many_arguments)]
-pub fn train_step_ranks(
-    hp: &HParams,
-    seqlen: usize,
-    recipe: &Recipe,
-    c: Compute,
-    devices: &[Device],
-    warmup: usize,
-    steps: usize,
-) -> Result<StepTiming> {
-    let rank = |coll: &dyn Collective, dev: &Device| -> Result<StepTiming> {
-        if dev.is_cuda() {
-            dev.set_seed(7 + coll.rank() as u64)?;
-        }
-        let e = hp.n_embd;
-        let (linears, norms) = random_block(hp, recipe, dev)?;
-        let rope = Rope::new(hp, seqlen, DType::F32, dev)?.with_compute(c);
-        let x = Tensor::randn(0f32, 1.0, (1, seqlen, e), dev)?;
-        let t1 = Tensor::randn(0f32, 1.0, (1, seqlen, e), dev)?;
-        let t2 = Tensor::randn(0f32, 1.0, (1, seqlen, e), dev)?;
-        let mut opt = Optimizers::new(
-            recipe,
-            c,
-            linears.iter().flat_map(TrainLinear::lwc_vars).collect(),
-            linears.iter().flat_map(TrainLinear::lora_vars).collect(),
-        )?;
-        let vars: Vec<_> = linears
-            .iter()
-            .flat_map(|l| l.lwc_vars().into_iter().chain(l.lora_vars()))
-            .collect();
-        let mut step = |index: usize| -> Result<()> {
-            let (loss, grads) = bw_window(
-                hp,
-                &rope,
-                &norms,
-                &recipe.quant,
-                &linears,
-                &x,
-                &[&t1, &t2],
-                &opt,
-            )?;
-            let mut sum = StepSum::new();
-            sum.add(&vars, loss, grads)?;
-            sum.all_reduce(coll, &vars)?;
-            let at = StepAt {
-                layer: 0,
-                epoch: 0,
-                index,
-            };
-            opt.apply(sum, at, &mut |_, _, _| {})
-        };
-        for i in 0..warmup {
-            step(i)?;
-        }
-        dev.synchronize()?;
-        coll.all_reduce_sum(&mut [])?;
-        reset_peak(dev)?;
-        let t = Instant::now();
-        for i in 0..steps {
-            step(i)?;
-        }
-        dev.synchronize()?;
-        let s = t.elapsed().as_secs_f64() / steps as f64;
-        Ok(StepTiming {
-            ms_per_step: s * 1e3,
-            tokens_per_s: (seqlen * coll.world()) as f64 / s,
-            steps,
-            peak_bytes: peak(dev)?,
-        })
-    };
-    let first = |coll: &dyn Collective| rank(coll, &devices[0]);
-    let other = |coll: &dyn Collective, r: usize| rank(coll, &devices[r]);
-    Ok(run_ranks(devices, first, other)?.0)
 }
 
 #[cfg(feature = "cuda")]

@@ -127,6 +127,11 @@ impl Optimizers {
         self.scaler.as_ref().map_or(1.0, |s| s.scale)
     }
 
+    /// Every trained tensor: LWC logits, then LoRA pairs.
+    pub(crate) fn vars(&self) -> &[Var] {
+        &self.vars
+    }
+
     /// The gradients of `loss_scale() · loss` by autograd.
     pub(crate) fn grads(&self, loss: &Tensor) -> Result<GradStore> {
         let scale = self.loss_scale();
@@ -240,7 +245,7 @@ impl StepSum {
     }
 }
 
-/// Where one step is: block, epoch, window.
+/// Where one step is: block, epoch, step of the epoch.
 #[derive(Clone, Copy)]
 pub(crate) struct StepAt {
     pub layer: usize,
@@ -280,24 +285,37 @@ pub(crate) fn bw_window(
     Ok((loss, grads))
 }
 
-/// One ApiQ-bw step on the single window `x` (the benchmarks' step).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn bw_step(
-    hp: &HParams,
-    rope: &Rope,
-    norms: &BlockNorms,
-    spec: &QuantSpec,
-    linears: &[TrainLinear],
-    x: &Tensor,
-    targets: &[&Tensor],
+/// `r.epochs` passes over `windows` windows (this rank's) in steps of the recipe's batch
+/// shared over `c`'s ranks: each step sums `window(j)`'s loss and gradients over the step's
+/// windows and the ranks, then one update.
+fn train_steps(
+    r: &Recipe,
+    windows: usize,
+    layer: usize,
     opt: &mut Optimizers,
-    at: StepAt,
+    c: &dyn Collective,
     obs: &mut dyn StepObserver,
+    mut window: impl FnMut(usize, &Optimizers) -> Result<(Tensor, GradStore)>,
 ) -> Result<()> {
-    let (loss, grads) = bw_window(hp, rope, norms, spec, linears, x, targets, opt)?;
-    let mut sum = StepSum::new();
-    sum.add(&opt.vars, loss, grads)?;
-    opt.apply(sum, at, obs)
+    let batch = rank_batch(r.batch, c.world())?;
+    let steps = steps_per_epoch(windows, batch)?;
+    for epoch in 0..r.epochs {
+        for index in 0..steps {
+            let mut sum = StepSum::new();
+            for j in index * batch..(index + 1) * batch {
+                let (loss, grads) = window(j, opt)?;
+                sum.add(&opt.vars, loss, grads)?;
+            }
+            sum.all_reduce(c, &opt.vars)?;
+            let at = StepAt {
+                layer,
+                epoch,
+                index,
+            };
+            opt.apply(sum, at, obs)?;
+        }
+    }
+    Ok(())
 }
 
 /// Steps per epoch of `windows` windows in steps of `batch`: refused unless they divide.
@@ -382,7 +400,7 @@ pub fn train(
 
 fn check_finite(loss: f64, layer: usize, epoch: usize, index: usize) -> Result<()> {
     if !loss.is_finite() {
-        bail!("block {layer}: loss is {loss} at epoch {epoch}, window {index} (hint: lower the learning rates, or use fewer bits of compression)");
+        bail!("block {layer}: loss is {loss} at epoch {epoch}, step {index} (hint: lower the learning rates, or use fewer bits of compression)");
     }
     Ok(())
 }
@@ -411,28 +429,13 @@ pub fn train_block(
         linears.iter().flat_map(TrainLinear::lwc_vars).collect(),
         linears.iter().flat_map(TrainLinear::lora_vars).collect(),
     )?;
-    let batch = rank_batch(r.batch, c.world())?;
-    let steps = steps_per_epoch(q_in.len(), batch)?;
-    for epoch in 0..r.epochs {
-        for index in 0..steps {
-            let mut sum = StepSum::new();
-            for j in index * batch..(index + 1) * batch {
-                let mut targets = vec![&fp_out[j]];
-                targets.extend(fp_out2.map(|t| &t[j]));
-                let (loss, grads) = bw_window(
-                    hp, rope, &bw.norms, &r.quant, &linears, &q_in[j], &targets, &opt,
-                )?;
-                sum.add(&opt.vars, loss, grads)?;
-            }
-            sum.all_reduce(c, &opt.vars)?;
-            let at = StepAt {
-                layer,
-                epoch,
-                index,
-            };
-            opt.apply(sum, at, obs)?;
-        }
-    }
+    train_steps(r, q_in.len(), layer, &mut opt, c, obs, |j, opt| {
+        let mut targets = vec![&fp_out[j]];
+        targets.extend(fp_out2.map(|t| &t[j]));
+        bw_window(
+            hp, rope, &bw.norms, &r.quant, &linears, &q_in[j], &targets, opt,
+        )
+    })?;
     linears.iter().map(|l| Ok(Learned::of(l)?)).collect()
 }
 
@@ -509,34 +512,20 @@ pub fn train_block_lw(
             group.iter().flat_map(|&i| linears[i].lwc_vars()).collect(),
             group.iter().flat_map(|&i| linears[i].lora_vars()).collect(),
         )?;
-        let batch = rank_batch(r.batch, c.world())?;
-        let steps = steps_per_epoch(inputs.len(), batch)?;
-        for epoch in 0..r.epochs {
-            for index in 0..steps {
-                let mut sum = StepSum::new();
-                for j in index * batch..(index + 1) * batch {
-                    let outs = group
-                        .iter()
-                        .enumerate()
-                        .map(|(k, &i)| linears[i].forward(&r.quant, rope.compute(), &inputs[j][k]))
-                        .collect::<candle_core::Result<Vec<_>>>()?;
-                    let outs = layer_outputs(group, outs)?;
-                    let loss = total(outs.iter().enumerate().flat_map(|(k, out)| {
-                        let aug = targets_aug.get(j).map(|t2| mse(out, &t2[k]));
-                        std::iter::once(mse(out, &targets[j][k])).chain(aug)
-                    }))?;
-                    let grads = opt.grads(&loss)?;
-                    sum.add(&opt.vars, loss, grads)?;
-                }
-                sum.all_reduce(c, &opt.vars)?;
-                let at = StepAt {
-                    layer,
-                    epoch,
-                    index,
-                };
-                opt.apply(sum, at, obs)?;
-            }
-        }
+        train_steps(r, inputs.len(), layer, &mut opt, c, obs, |j, opt| {
+            let outs = group
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| linears[i].forward(&r.quant, rope.compute(), &inputs[j][k]))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            let outs = layer_outputs(group, outs)?;
+            let loss = total(outs.iter().enumerate().flat_map(|(k, out)| {
+                let aug = targets_aug.get(j).map(|t2| mse(out, &t2[k]));
+                std::iter::once(mse(out, &targets[j][k])).chain(aug)
+            }))?;
+            let grads = opt.grads(&loss)?;
+            Ok((loss, grads))
+        })?;
         for &i in group {
             let l = Learned::of(&linears[i])?;
             finals[i] = Some(FinalLinear::new(
