@@ -28,9 +28,19 @@ fn install_interrupt_handler() {
                     eprintln!("\n{n}");
                 }
             }
-            std::process::exit(130);
+            exit_now(130);
         });
     });
+}
+
+/// Ends the process without C `atexit` handlers and static destructors: run from here, while
+/// the main thread may still be scoring on the GPU, ggml's CUDA teardown would meet a busy
+/// stream and print a CUDA error with a backtrace over the note. The handler has already done
+/// all that must be done (temporary files removed, note printed).
+#[allow(unsafe_code)]
+fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` reads no memory of ours and does not return.
+    unsafe { libc::_exit(code) }
 }
 
 /// One line for the user if the run is interrupted now (what is saved, how to go on); `None`
