@@ -613,6 +613,24 @@ mod tests {
     use candle_core::Device;
     use candle_nn::{Optimizer, ParamsAdamW};
 
+    #[test]
+    fn each_rank_takes_its_consecutive_share_of_every_step() {
+        assert_eq!(shard(8, 4, 0, 2).unwrap(), [0, 1, 4, 5]);
+        assert_eq!(shard(8, 4, 1, 2).unwrap(), [2, 3, 6, 7]);
+        assert_eq!(shard(6, 3, 2, 3).unwrap(), [2, 5]);
+        assert_eq!(shard(4, 1, 0, 1).unwrap(), [0, 1, 2, 3]);
+        let uneven = shard(8, 3, 0, 3).unwrap_err().to_string();
+        assert!(
+            uneven.contains("--batch-size must divide --nsamples"),
+            "{uneven}"
+        );
+        let over = shard(8, 4, 0, 3).unwrap_err().to_string();
+        assert!(
+            over.contains("multiple of the number of --devices"),
+            "{over}"
+        );
+    }
+
     fn randn(shape: (usize, usize), scale: f64, dev: &Device) -> Tensor {
         (Tensor::randn(0f64, 1.0, shape, dev).unwrap() * scale).unwrap()
     }
