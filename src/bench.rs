@@ -10,7 +10,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::apiq::parallel::{run_ranks, Collective, Solo};
 use crate::apiq::qblock::TrainLinear;
 use crate::apiq::recipe::Recipe;
-use crate::apiq::train::{bw_window, Optimizers, StepAt, StepSum};
+use crate::apiq::train::{bw_window, Optimizers, StepAt};
 use crate::nn::block::{BlockNorms, Rope};
 use crate::nn::compute::Compute;
 use crate::nn::hparams::{HParams, RopeKind};
@@ -81,7 +81,7 @@ pub struct StepTiming {
 }
 
 /// Times `steps` training steps after `warmup` untimed ones: the calibration's own step
-/// (`Optimizers`, `bw_window`, `StepSum`) computing as `c` says.
+/// (`Optimizers::step`, `bw_window`) computing as `c` says.
 pub fn train_step(
     hp: &HParams,
     seqlen: usize,
@@ -140,25 +140,23 @@ fn time_rank(
         linears.iter().flat_map(TrainLinear::lora_vars).collect(),
     )?;
     let mut step = |index: usize| -> Result<()> {
-        let (loss, grads) = bw_window(
-            hp,
-            &rope,
-            &norms,
-            &recipe.quant,
-            &linears,
-            &x,
-            &[&t1, &t2],
-            &opt,
-        )?;
-        let mut sum = StepSum::new();
-        sum.add(opt.vars(), loss, grads)?;
-        sum.all_reduce(coll, opt.vars())?;
         let at = StepAt {
             layer: 0,
             epoch: 0,
             index,
         };
-        opt.apply(sum, at, &mut |_, _, _| {})
+        opt.step(0..1, coll, at, &mut |_, _, _| {}, &mut |_, opt| {
+            bw_window(
+                hp,
+                &rope,
+                &norms,
+                &recipe.quant,
+                &linears,
+                &x,
+                &[&t1, &t2],
+                opt,
+            )
+        })
     };
     for i in 0..warmup {
         step(i)?;

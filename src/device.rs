@@ -33,32 +33,23 @@ pub fn parse(spec: &str, matmul: CudaMatmul) -> Result<Device> {
 pub fn parse_list(specs: &[String], matmul: CudaMatmul) -> Result<Vec<Device>> {
     let names: Vec<String> = specs
         .iter()
-        .map(|s| match s.trim().parse::<usize>() {
-            Ok(n) => format!("cuda:{n}"),
-            Err(_) => s.trim().to_string(),
+        .map(|s| match s.trim() {
+            "cuda" => "cuda:0".to_string(),
+            s => match s.parse::<usize>() {
+                Ok(n) => format!("cuda:{n}"),
+                Err(_) => s.to_string(),
+            },
         })
         .collect();
-    let cuda = names.iter().filter(|n| n.starts_with("cuda")).count();
-    if cuda != 0 && cuda != names.len() {
+    let mut gpus: Vec<&String> = names.iter().filter(|n| n.starts_with("cuda")).collect();
+    if !gpus.is_empty() && gpus.len() != names.len() {
         bail!("--devices mixes the CPU and CUDA devices");
     }
-    let ordinal = |n: &String| {
-        if n == "cuda" {
-            "cuda:0".to_string()
-        } else {
-            n.clone()
-        }
-    };
-    let mut seen: Vec<String> = names
-        .iter()
-        .filter(|n| n.starts_with("cuda"))
-        .map(ordinal)
-        .collect();
-    seen.sort();
-    if seen.windows(2).any(|w| w[0] == w[1]) {
+    gpus.sort();
+    if gpus.windows(2).any(|w| w[0] == w[1]) {
         bail!("--devices names a GPU twice (NCCL needs one rank per GPU)");
     }
-    if cuda > 1 && !cfg!(feature = "nccl") {
+    if gpus.len() > 1 && !cfg!(feature = "nccl") {
         bail!("calibrating on several GPUs needs a build with NCCL (hint: `cargo build --release --features nccl`)");
     }
     names.iter().map(|n| parse(n, matmul)).collect()

@@ -167,7 +167,7 @@ impl Run<'_> {
         let r = &a.recipe;
         let shard = train::shard(self.windows.len(), r.batch, c.rank(), c.world())?;
         let windows: Vec<Vec<u32>> = shard.iter().map(|&j| self.windows[j].clone()).collect();
-        let steps = windows.len() / train::rank_batch(r.batch, c.world())?;
+        let steps = self.windows.len() / r.batch;
         let state_dir = crate::apiq::state::dir_for(&a.out);
         let note = |saved: usize| {
             crate::atomic::set_interrupt_note(Some(format!(

@@ -9,7 +9,7 @@
 
 use std::sync::{Arc, Condvar, Mutex};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use candle_core::{Device, Tensor};
 
 /// What the ranks of one calibration share.
@@ -32,6 +32,12 @@ pub trait Collective {
         Ok(v[0] / v[1].max(1.0))
     }
 }
+
+/// What a rank reports when another rank's failure stopped it: the other's error is the one
+/// to show.
+#[derive(Debug, thiserror::Error)]
+#[error("another rank of the calibration failed")]
+pub struct AnotherRankFailed;
 
 /// One rank alone: sums are the values themselves.
 pub struct Solo;
@@ -117,7 +123,7 @@ impl Collective for HostRank<'_> {
             .collect::<candle_core::Result<Vec<_>>>()?;
         let mut s = g.state.lock().unwrap_or_else(|e| e.into_inner());
         if s.failed {
-            bail!("another rank of the calibration failed");
+            return Err(AnotherRankFailed.into());
         }
         s.slots[self.rank] = Some(mine);
         s.arrived += 1;
@@ -141,7 +147,7 @@ impl Collective for HostRank<'_> {
                 s = g.changed.wait(s).unwrap_or_else(|e| e.into_inner());
             }
             if s.completed == round {
-                bail!("another rank of the calibration failed");
+                return Err(AnotherRankFailed.into());
             }
         }
         let sums = s.sums.clone();
@@ -168,25 +174,22 @@ pub fn run_ranks<T: Send>(
         true => Some(super::parallel_nccl::group_id()?),
         false => None,
     };
-    // The rank's collective, then `f` with it.
-    let join = |rank: usize, f: &mut dyn FnMut(&dyn Collective) -> Result<T>| -> Result<T> {
+    // The rank's collective.
+    let join = |rank: usize| -> Result<Box<dyn Collective + '_>> {
         let gate = group.rank(rank);
         #[cfg(feature = "nccl")]
         if let Some(id) = nccl {
-            return f(&super::parallel_nccl::NcclRank::join(
-                id,
-                gate,
-                &devices[rank],
-            )?);
+            let c = super::parallel_nccl::NcclRank::join(id, gate, &devices[rank])?;
+            return Ok(Box::new(c));
         }
-        f(&gate)
+        Ok(Box::new(gate))
     };
     std::thread::scope(|s| {
         let handles: Vec<_> = (1..devices.len())
             .map(|rank| {
                 let (group, join, other) = (&group, &join, &other);
                 s.spawn(move || {
-                    let out = join(rank, &mut |c| other(c, rank));
+                    let out = join(rank).and_then(|c| other(&*c, rank));
                     if out.is_err() {
                         group.fail();
                     }
@@ -194,8 +197,7 @@ pub fn run_ranks<T: Send>(
                 })
             })
             .collect();
-        let mut first = Some(first);
-        let zero = join(0, &mut |c| (first.take().expect("rank 0 runs once"))(c));
+        let zero = join(0).and_then(|c| first(&*c));
         if zero.is_err() {
             group.fail();
         }
@@ -211,7 +213,7 @@ pub fn run_ranks<T: Send>(
                 Err(_) => errors.push(anyhow::anyhow!("device {rank}: the thread panicked")),
             }
         }
-        errors.sort_by_key(|e| format!("{e:#}").contains("another rank"));
+        errors.sort_by_key(|e| e.downcast_ref::<AnotherRankFailed>().is_some());
         if let Some(e) = errors.into_iter().next() {
             return Err(e);
         }

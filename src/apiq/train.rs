@@ -127,9 +127,23 @@ impl Optimizers {
         self.scaler.as_ref().map_or(1.0, |s| s.scale)
     }
 
-    /// Every trained tensor: LWC logits, then LoRA pairs.
-    pub(crate) fn vars(&self) -> &[Var] {
-        &self.vars
+    /// One step on `windows` of this rank: each window's loss and gradients (`window`) summed
+    /// in order, then over `c`'s ranks, then one update.
+    pub(crate) fn step(
+        &mut self,
+        windows: std::ops::Range<usize>,
+        c: &dyn Collective,
+        at: StepAt,
+        obs: &mut dyn StepObserver,
+        window: &mut WindowGrads,
+    ) -> Result<()> {
+        let mut sum = StepSum::new();
+        for j in windows {
+            let (loss, grads) = window(j, self)?;
+            sum.add(&self.vars, loss, grads)?;
+        }
+        sum.all_reduce(c, &self.vars)?;
+        self.apply(sum, at, obs)
     }
 
     /// The gradients of `loss_scale() · loss` by autograd.
@@ -144,12 +158,7 @@ impl Optimizers {
 
     /// One update of both groups from a step's summed losses and gradients (of
     /// `loss_scale() · loss` each): the step's loss and gradient are their means.
-    pub(crate) fn apply(
-        &mut self,
-        sum: StepSum,
-        at: StepAt,
-        obs: &mut dyn StepObserver,
-    ) -> Result<()> {
+    fn apply(&mut self, sum: StepSum, at: StepAt, obs: &mut dyn StepObserver) -> Result<()> {
         let StepSum {
             loss,
             mut grads,
@@ -182,16 +191,19 @@ impl Optimizers {
     }
 }
 
+/// Window `j`'s loss and the gradients of `loss_scale()` times it.
+pub(crate) type WindowGrads<'a> = dyn FnMut(usize, &Optimizers) -> Result<(Tensor, GradStore)> + 'a;
+
 /// One step's windows so far: their summed losses and gradients, added in window order (a
 /// step of one window is that window's, unchanged).
-pub(crate) struct StepSum {
+struct StepSum {
     loss: Option<Tensor>,
     grads: GradStore,
     windows: usize,
 }
 
 impl StepSum {
-    pub(crate) fn new() -> StepSum {
+    fn new() -> StepSum {
         StepSum {
             loss: None,
             grads: GradStore::default(),
@@ -200,7 +212,7 @@ impl StepSum {
     }
 
     /// Adds one window's loss and the gradients of `vars` in it.
-    pub(crate) fn add(&mut self, vars: &[Var], loss: Tensor, mut grads: GradStore) -> Result<()> {
+    fn add(&mut self, vars: &[Var], loss: Tensor, mut grads: GradStore) -> Result<()> {
         self.loss = Some(match self.loss.take() {
             Some(l) => (l + loss)?,
             None => loss,
@@ -220,7 +232,7 @@ impl StepSum {
 
     /// Sums the losses and the gradients of `vars` over every rank of `c` (nothing to do
     /// alone): afterwards each rank holds the step's sums over all its windows.
-    pub(crate) fn all_reduce(&mut self, c: &dyn Collective, vars: &[Var]) -> Result<()> {
+    fn all_reduce(&mut self, c: &dyn Collective, vars: &[Var]) -> Result<()> {
         if c.world() == 1 {
             return Ok(());
         }
@@ -301,18 +313,13 @@ fn train_steps(
     let steps = steps_per_epoch(windows, batch)?;
     for epoch in 0..r.epochs {
         for index in 0..steps {
-            let mut sum = StepSum::new();
-            for j in index * batch..(index + 1) * batch {
-                let (loss, grads) = window(j, opt)?;
-                sum.add(&opt.vars, loss, grads)?;
-            }
-            sum.all_reduce(c, &opt.vars)?;
             let at = StepAt {
                 layer,
                 epoch,
                 index,
             };
-            opt.apply(sum, at, obs)?;
+            let these = index * batch..(index + 1) * batch;
+            opt.step(these, c, at, obs, &mut window)?;
         }
     }
     Ok(())
