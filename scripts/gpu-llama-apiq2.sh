@@ -10,9 +10,10 @@
 # TREE: a llama.cpp source tree (e.g. the one inside the PyPI sdist llama-cpp-python==0.3.36,
 # scripts/fetch-llama-sdist.sh), patched in place. Environment:
 #   STAGES      what to run, default "build test ppl bench mutate" (and "rowblock": batch 1 with
-#               upstream's one row per CUDA block instead of four (the small-k launch), tested and timed
-#               against the default; "rows": ROWS, default "8", rows per CUDA block of that
-#               launch in place of 4, each tested and timed; "profile": each model the bench,
+#               upstream's kernel and launch, one row per CUDA block, instead of ours over four
+#               rows, tested and timed against the default; "rows": ROWS, default "8", rows per
+#               CUDA block of upstream's kernel over the small-k launch in place of our kernel's
+#               4, each tested and timed; "profile": each model the bench,
 #               rowblock and rows stages time is also run under Nsight Compute, which sums its
 #               kernels' time per generated token); results collect in
 #               WORK/results and every run prints the table of all of them, so a machine with a
@@ -191,8 +192,9 @@ if has rowblock || has rows; then
 fi
 
 if has mutate; then
-  # The test must fail when a kernel is wrong: the MMVQ dot product without the offset term, and
-  # the MMQ tile loader with two code words swapped (each in a header only one file includes).
+  # The test must fail when a kernel is wrong: the batch-1 kernel and upstream's MMVQ dot product
+  # (batches 2..8) each without the offset term, and the MMQ tile loader with two code words
+  # swapped (each in a header only one file includes).
   k=$tree/ggml/src/ggml-apiq2
   mutate() { # FILE SED_EXPRESSION: must change the file
     local before; before=$(md5sum < "$1")
@@ -200,12 +202,14 @@ if has mutate; then
     [ "$(md5sum < "$1")" != "$before" ] || { echo "error: the mutation of $1 no longer applies" >&2; exit 1; }
   }
   mutate "$k/apiq2-mmvq.cuh" 's/sum += dm.x \* ds.x \* (float) sumi + dm.y \* ds.y;/sum += dm.x * ds.x * (float) sumi;/'
+  mutate "$k/apiq2-mmvq.cuh" 's/sum\[i\] += dm.x \* (d8 \* (float) apiq2_dot_half64(w\[i\].q0, w\[i\].q1, T)) + dm.y \* ds.y;/sum[i] += dm.x * (d8 * (float) apiq2_dot_half64(w[i].q0, w[i].q1, T));/'
   mutate "$k/apiq2-mmq.cuh" 's/dst\[4\*j + 0\] = lo.x;/dst[4*j + 0] = lo.y;/; s/dst\[4\*j + 1\] = lo.y;/dst[4*j + 1] = lo.x;/'
   cmake --build "$build" -j"$threads" --target ggml-cuda >/dev/null
   if GGML_APIQ2_MMQ=1 "$bin/test-apiq2-cuda" > "$work/mutated.log" 2>&1; then verdict="passed (WRONG)"; else verdict="failed, as it must"; fi
-  small=$(grep -cE '^FAIL .* n=[1-8]:' "$work/mutated.log" || true)
+  one=$(grep -cE '^FAIL .* n=1:' "$work/mutated.log" || true)
+  small=$(grep -cE '^FAIL .* n=[2-8]:' "$work/mutated.log" || true)
   large=$(grep -cE '^FAIL .* n=([0-9]{2,}):' "$work/mutated.log" || true)
-  record "mutate|$verdict|$small|$large"
+  record "mutate|$verdict|$small|$large|$one"
   # the originals back: the next build stage recompiles the two files
   cp "$here"/vendor/ggml-apiq2/apiq2-mmvq.cuh "$here"/vendor/ggml-apiq2/apiq2-mmq.cuh "$k/"
 fi
@@ -224,7 +228,8 @@ for r in get("build"):
 for r in get("test"):
     print(f"CUDA test, n > 8 by {r[1]}: {'|'.join(r[2:])}")
 for r in get("mutate"):
-    print(f"mutated kernels: the test {r[1]} (reports for n <= 8: {r[2]}, for n >= 16: {r[3]})")
+    one = f"n = 1: {r[4]}, n = 2..8: {r[2]}" if len(r) > 4 else f"n <= 8: {r[2]}"
+    print(f"mutated kernels: the test {r[1]} (reports for {one}, for n >= 16: {r[3]})")
 for r in get("ppl"):
     v, cpu = float(r[2]), float(r[3])
     print(f"perplexity WT2-512x40, {r[1]}: {v:.4f} ({100 * (v - cpu) / cpu:+.4f} % from the CPU)")

@@ -7,7 +7,10 @@
 //     the small shapes is checked, 48 rows spread over the matrix of the large ones;
 //  2. agree with the CPU backend's result within twice that bound (the CPU rounds activations to
 //     Q8_1 too; NMSE, test-backend-ops' measure, is printed);
-//  3. GET_ROWS: return the dequantized rows bit for bit.
+//  3. GET_ROWS: return the dequantized rows bit for bit;
+//  4. batch 1's fused feed-forward, glu(gate(x) + bg, up(x) + bu) in one kernel launch (SwiGLU
+//     without biases, GeGLU with): agree with the GLU applied in double to the same backend's
+//     separate products, which run the same per-row sums, to float rounding of the GLU.
 // Shapes: n = 1..8 and 16..512 columns; k x m from a tile-aligned toy, SmolLM2-135M and
 // Llama-2-7B (4096 x 4096, 4096 x 11008, 11008 x 4096), and rows that are no multiple of the
 // tile height. Prints OK or the failures; exit status 0, 1 (failures) or 2 (no GPU backend).
@@ -86,6 +89,103 @@ static int run_get_rows(ggml_backend_t be, const void * qw, int k, int m, const 
     ggml_backend_buffer_free(buf);
     ggml_free(ctx);
     return ok ? 1 : -1;
+}
+
+// The feed-forward's gate and up products of one column, either as out_a = glu(gate + bg, up + bu)
+// (ggml-cuda fuses the graph into one launch) or separately (out_a = gate + bg, out_b = up + bu).
+static int run_ffn(ggml_backend_t be, const void * qg, const void * qu, int k, int m, const float * x,
+                   const float * bg, const float * bu, int geglu, int fused, float * out_a, float * out_b) {
+    struct ggml_init_params ip = { 16 * ggml_tensor_overhead() + ggml_graph_overhead(), NULL, true };
+    struct ggml_context * ctx = ggml_init(ip);
+    struct ggml_tensor * ag = ggml_new_tensor_2d(ctx, GGML_TYPE_APIQ2, k, m);
+    struct ggml_tensor * au = ggml_new_tensor_2d(ctx, GGML_TYPE_APIQ2, k, m);
+    struct ggml_tensor * b = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, k, 1);
+    struct ggml_tensor * tbg = bg ? ggml_new_tensor_1d(ctx, GGML_TYPE_F32, m) : NULL;
+    struct ggml_tensor * tbu = bu ? ggml_new_tensor_1d(ctx, GGML_TYPE_F32, m) : NULL;
+    struct ggml_tensor * g = ggml_mul_mat(ctx, ag, b);
+    struct ggml_tensor * u = ggml_mul_mat(ctx, au, b);
+    if (tbg) {
+        g = ggml_add(ctx, g, tbg);
+        u = ggml_add(ctx, u, tbu);
+    }
+    struct ggml_tensor * out = fused ? (geglu ? ggml_geglu_split(ctx, g, u) : ggml_swiglu_split(ctx, g, u)) : NULL;
+    ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors(ctx, be);
+    ggml_backend_tensor_set(ag, qg, 0, ggml_nbytes(ag));
+    ggml_backend_tensor_set(au, qu, 0, ggml_nbytes(au));
+    ggml_backend_tensor_set(b, x, 0, ggml_nbytes(b));
+    if (tbg) {
+        ggml_backend_tensor_set(tbg, bg, 0, ggml_nbytes(tbg));
+        ggml_backend_tensor_set(tbu, bu, 0, ggml_nbytes(tbu));
+    }
+    struct ggml_cgraph * gf = ggml_new_graph(ctx);
+    if (fused) {
+        ggml_build_forward_expand(gf, out);
+    } else {
+        ggml_build_forward_expand(gf, g);
+        ggml_build_forward_expand(gf, u);
+    }
+    const int ok = ggml_backend_graph_compute(be, gf) == GGML_STATUS_SUCCESS;
+    if (ok && fused) {
+        ggml_backend_tensor_get(out, out_a, 0, ggml_nbytes(out));
+    } else if (ok) {
+        ggml_backend_tensor_get(g, out_a, 0, ggml_nbytes(g));
+        ggml_backend_tensor_get(u, out_b, 0, ggml_nbytes(u));
+    }
+    ggml_backend_buffer_free(buf);
+    ggml_free(ctx);
+    return ok ? 1 : -1;
+}
+
+static int ffn_cases = 0;
+static double worst_ffn = 0.0;
+
+static void test_ffn(ggml_backend_t gpu, int k, int m, int geglu) {
+    const size_t wbytes = ggml_row_size(GGML_TYPE_APIQ2, k) * m;
+    float * w = malloc(sizeof(float) * k * m);
+    void * qg = malloc(wbytes), * qu = malloc(wbytes);
+    fill_weights(w, (int64_t) k * m);
+    ggml_quantize_chunk(GGML_TYPE_APIQ2, w, qg, 0, m, k, NULL);
+    fill_weights(w, (int64_t) k * m);
+    ggml_quantize_chunk(GGML_TYPE_APIQ2, w, qu, 0, m, k, NULL);
+    float * x = malloc(sizeof(float) * k), * bg = malloc(sizeof(float) * m), * bu = malloc(sizeof(float) * m);
+    fill_acts(x, k);
+    for (int r = 0; r < m; r++) {
+        bg[r] = frand(-0.5f, 0.5f);
+        bu[r] = frand(-0.5f, 0.5f);
+    }
+    float * got = malloc(sizeof(float) * m), * g = malloc(sizeof(float) * m), * u = malloc(sizeof(float) * m);
+    const int bias = geglu; // GeGLU with biases, SwiGLU without
+    const char * what = geglu ? "fused GeGLU + biases" : "fused SwiGLU";
+    char msg[256];
+    ffn_cases++;
+    if (run_ffn(gpu, qg, qu, k, m, x, bias ? bg : NULL, bias ? bu : NULL, geglu, 1, got, NULL) != 1 ||
+        run_ffn(gpu, qg, qu, k, m, x, bias ? bg : NULL, bias ? bu : NULL, geglu, 0, g, u) != 1) {
+        fail(what, k, m, 1, "not supported or failed");
+    } else {
+        // want = glu(g, u) in double; the tolerance is relative, with a floor at the scale of all rows
+        double * want = malloc(sizeof(double) * m);
+        double scale = 0.0;
+        for (int r = 0; r < m; r++) {
+            const double a = g[r];
+            const double act = geglu ? 0.5 * a * (1.0 + tanh(0.7978845608028654 * a * (1.0 + 0.044715 * a * a)))
+                                     : a / (1.0 + exp(-a));
+            want[r] = act * u[r];
+            scale = fmax(scale, fabs(want[r]));
+        }
+        for (int r = 0; r < m; r++) {
+            const double e = fabs(got[r] - want[r]) / (1e-5 * fabs(want[r]) + 1e-6 * scale + 1e-30);
+            if (e > worst_ffn) {
+                worst_ffn = e;
+            }
+            if (!(e <= 1.0)) {
+                snprintf(msg, sizeof msg, "row %d: fused %.9g, GLU of the separate products %.9g", r, got[r], want[r]);
+                fail(what, k, m, 1, msg);
+                break;
+            }
+        }
+        free(want);
+    }
+    free(w); free(qg); free(qu); free(x); free(bg); free(bu); free(got); free(g); free(u);
 }
 
 static double nmse(const float * got, const double * want, int64_t n) {
@@ -245,9 +345,17 @@ int main(void) {
         printf("k=%5d m=%5d: %s\n", k, m, failures ? "failures so far" : "ok");
         fflush(stdout);
     }
+    // batch 1's fused gate and up: SmolLM2-135M's and Llama-2-7B's feed-forward
+    static const int ffn_shapes[][2] = { { 576, 1536 }, { 4096, 11008 } };
+    for (size_t s = 0; s < sizeof(ffn_shapes) / sizeof(ffn_shapes[0]); s++) {
+        for (int geglu = 0; geglu <= 1; geglu++) {
+            test_ffn(gpu, ffn_shapes[s][0], ffn_shapes[s][1], geglu);
+        }
+    }
     printf("%d MUL_MAT cases: worst |error|/bound (int8 paths) %.3f, worst NMSE to exact (cuBLAS path) %.2e, "
            "worst NMSE to CPU %.2e\n",
            cases, worst_bound_use, worst_nmse_exact, worst_nmse_cpu);
+    printf("%d fused feed-forward cases: worst |error|/tolerance %.3f\n", ffn_cases, worst_ffn);
     ggml_backend_free(gpu);
     ggml_backend_free(cpu);
     if (failures) {
