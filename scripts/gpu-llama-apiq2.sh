@@ -209,7 +209,7 @@ if has mutate; then
   one=$(grep -cE '^FAIL .* n=1:' "$work/mutated.log" || true)
   small=$(grep -cE '^FAIL .* n=[2-8]:' "$work/mutated.log" || true)
   large=$(grep -cE '^FAIL .* n=([0-9]{2,}):' "$work/mutated.log" || true)
-  record "mutate|$verdict|$small|$large|$one"
+  record "mutate|$verdict|$one|$small|$large"
   # the originals back: the next build stage recompiles the two files
   cp "$here"/vendor/ggml-apiq2/apiq2-mmvq.cuh "$here"/vendor/ggml-apiq2/apiq2-mmq.cuh "$k/"
 fi
@@ -228,8 +228,7 @@ for r in get("build"):
 for r in get("test"):
     print(f"CUDA test, n > 8 by {r[1]}: {'|'.join(r[2:])}")
 for r in get("mutate"):
-    one = f"n = 1: {r[4]}, n = 2..8: {r[2]}" if len(r) > 4 else f"n <= 8: {r[2]}"
-    print(f"mutated kernels: the test {r[1]} (reports for {one}, for n >= 16: {r[3]})")
+    print(f"mutated kernels: the test {r[1]} (reports for n = 1: {r[2]}, n = 2..8: {r[3]}, for n >= 16: {r[4]})")
 for r in get("ppl"):
     v, cpu = float(r[2]), float(r[3])
     print(f"perplexity WT2-512x40, {r[1]}: {v:.4f} ({100 * (v - cpu) / cpu:+.4f} % from the CPU)")

@@ -154,12 +154,13 @@ static void test_ffn(ggml_backend_t gpu, int k, int m, int geglu) {
         bu[r] = frand(-0.5f, 0.5f);
     }
     float * got = malloc(sizeof(float) * m), * g = malloc(sizeof(float) * m), * u = malloc(sizeof(float) * m);
-    const int bias = geglu; // GeGLU with biases, SwiGLU without
+    // GeGLU with biases, SwiGLU without
+    const float * gate_bias = geglu ? bg : NULL, * up_bias = geglu ? bu : NULL;
     const char * what = geglu ? "fused GeGLU + biases" : "fused SwiGLU";
     char msg[256];
     ffn_cases++;
-    if (run_ffn(gpu, qg, qu, k, m, x, bias ? bg : NULL, bias ? bu : NULL, geglu, 1, got, NULL) != 1 ||
-        run_ffn(gpu, qg, qu, k, m, x, bias ? bg : NULL, bias ? bu : NULL, geglu, 0, g, u) != 1) {
+    if (run_ffn(gpu, qg, qu, k, m, x, gate_bias, up_bias, geglu, 1, got, NULL) != 1 ||
+        run_ffn(gpu, qg, qu, k, m, x, gate_bias, up_bias, geglu, 0, g, u) != 1) {
         fail(what, k, m, 1, "not supported or failed");
     } else {
         // want = glu(g, u) in double; the tolerance is relative, with a floor at the scale of all rows
