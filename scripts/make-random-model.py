@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """Writes a llama-architecture GGUF with random weights for speed benchmarks (not for quality).
 
-  scripts/make-random-model.py VOCAB_GGUF OUT.gguf TYPE [--shape llama2-7b|smollm2-135m]
+  scripts/make-random-model.py VOCAB_GGUF OUT.gguf TYPE [--shape llama2-7b|smollm2-135m] [--layers N]
 
 Prints bytes_read_per_token=N: the bytes of every tensor but the token embeddings.
 
-TYPE is the linears' type: apiq2, q4_0, q4_k, q2_k or q2_0. The blocks hold random codes with
+TYPE is the linears' type: apiq2, q4_0, q4_1, q8_0, q4_k, q2_k or q2_0. --layers keeps the
+shape's widths with fewer blocks (per-layer speed at a fraction of the file). The blocks hold random codes with
 small finite scales, so every kernel does the same work as on real weights. Token embeddings and
 the output matrix are Q8_0, norms F32. The vocabulary and tokenizer keys are copied from
 VOCAB_GGUF (any llama-architecture GGUF), so the vocabulary size is that file's.
@@ -27,12 +28,13 @@ SHAPES = {
 TYPES = {
     "apiq2": (160, 64, 20, (0, 2)),
     "q4_0": (2, 32, 18, (0,)),
+    "q4_1": (3, 32, 20, (0, 2)),
     "q2_k": (10, 256, 84, (80, 82)),
     "q4_k": (12, 256, 144, (0, 2)),
     "q2_0": (42, 64, 18, (0,)),
     "q8_0": (8, 32, 34, (0,)),
 }
-FTYPES = {"apiq2": 160, "q4_0": 2, "q4_k": 14, "q2_k": 10, "q2_0": 41}
+FTYPES = {"apiq2": 160, "q4_0": 2, "q4_1": 3, "q8_0": 7, "q4_k": 14, "q2_k": 10, "q2_0": 41}
 ALIGN = 32
 
 
@@ -108,8 +110,10 @@ def main():
     ap.add_argument("out")
     ap.add_argument("type", choices=sorted(FTYPES))
     ap.add_argument("--shape", default="llama2-7b", choices=sorted(SHAPES))
+    ap.add_argument("--layers", type=int, help="blocks (default: the shape's)")
     a = ap.parse_args()
     hidden, ffn, layers, heads, kv_heads = SHAPES[a.shape]
+    layers = a.layers or layers
 
     kvs = []
     n_vocab = None

@@ -5,7 +5,7 @@
 # source model and by the quantized one, and a table of file sizes (adapter included) and
 # perplexity on held-out text (the end of the Wikipedia sample, which calibration never sees);
 # scripts/demo.sh does those steps for any model (a test runs it on stories260K).
-# 2 bits need more than a 135M model and the quick recipe give: see the README's quality notes.
+# 2 bits need more than a 135M model and the quick recipe give: see docs/quality.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
+# Docs first: a broken link in README.md, docs/ or vendor/README.md fails in a second, offline,
+# before the long build: the README and docs/ are the user's manual.
+scripts/check-links.sh
 scripts/fetch-smollm2.sh >/dev/null
 cargo test --release
 scripts/test-llama-cpp-patch.sh

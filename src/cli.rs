@@ -43,8 +43,10 @@ pub struct ConvertArgs {
     pub model: Option<PathBuf>,
     /// Output GGUF path.
     pub out: Option<PathBuf>,
-    /// Convert without calibrating, to this type for 2-D weights (norms and other vectors stay
-    /// F32; rows that Q8_0 blocks do not divide fall back to F16).
+    /// Convert without calibrating, to this type for every 2-D weight (norms and other vectors
+    /// stay F32; rows that the type's blocks do not divide fall back to F16). q4_0 / q4_1 are
+    /// ggml's own round-to-nearest quantizers, embeddings and output included (llama-quantize's
+    /// --pure without an importance matrix).
     #[arg(long = "type", value_enum)]
     pub out_type: Option<OutType>,
     #[command(flatten)]
@@ -351,6 +353,15 @@ pub struct Offload {
     /// `--features cuda`; 0 runs on the CPU.
     #[arg(long = "gpu-layers", visible_alias = "ngl", default_value_t = 0)]
     pub gpu_layers: u32,
+    /// Keep every weight in the plain CPU buffer (llama.cpp's --no-repack): no AMX tiles and no
+    /// repacked SIMD kernels, only the plain dot products; the reference the faster CPU paths
+    /// are checked against. `bench` prints which paths held the weights.
+    #[arg(
+        long = "no-repack",
+        visible_alias = "nr",
+        conflicts_with = "gpu_layers"
+    )]
+    pub no_repack: bool,
 }
 
 #[derive(Args, Debug)]

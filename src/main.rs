@@ -28,6 +28,13 @@ fn main() -> ExitCode {
     }
 }
 
+/// llama.cpp for perplexity, generate, bench and eval, placed as `offload` says.
+fn start_runtime(verbose: bool, offload: &apiq2gguf::cli::Offload) -> Result<Runtime> {
+    Runtime::init(verbose)?
+        .with_gpu_layers(offload.gpu_layers)?
+        .with_no_repack(offload.no_repack)
+}
+
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1u64 << 20) as f64)
 }
@@ -220,7 +227,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Some(Command::Eval(a)) => {
-            let rt = Runtime::init(cli.verbose)?.with_gpu_layers(a.offload.gpu_layers)?;
+            let rt = start_runtime(cli.verbose, &a.offload)?;
             let stock = a.llama_bin.clone().map(|bin| apiq2gguf::eval::StockTools {
                 bin,
                 calib_files: a.calib.clone(),
@@ -251,7 +258,7 @@ fn run(cli: Cli) -> Result<()> {
             write!(out, "{}", inspect::render(&g))?;
         }
         Some(Command::Perplexity(a)) => {
-            let rt = Runtime::init(cli.verbose)?.with_gpu_layers(a.offload.gpu_layers)?;
+            let rt = start_runtime(cli.verbose, &a.offload)?;
             let args = perplexity::PerplexityArgs {
                 model: a.model,
                 text: a.text,
@@ -271,7 +278,7 @@ fn run(cli: Cli) -> Result<()> {
             eprintln!("{} tokens, {} scored", r.n_tokens, r.n_scored);
         }
         Some(Command::Generate(a)) => {
-            let rt = Runtime::init(cli.verbose)?.with_gpu_layers(a.offload.gpu_layers)?;
+            let rt = start_runtime(cli.verbose, &a.offload)?;
             let g = runtime::generate::generate(
                 &rt,
                 &runtime::generate::GenerateArgs {
@@ -291,7 +298,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Some(Command::Bench(a)) => {
-            let rt = Runtime::init(cli.verbose)?.with_gpu_layers(a.offload.gpu_layers)?;
+            let rt = start_runtime(cli.verbose, &a.offload)?;
             let threads = runtime::threads(a.threads);
             let r = runtime::bench::run(
                 &rt,
@@ -305,6 +312,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
             )?;
             writeln!(out, "system_info: {}", Runtime::system_info())?;
+            writeln!(out, "cpu paths: {}", Runtime::cpu_paths())?;
             writeln!(out, "apiq2 kernels: {}", Runtime::apiq2_kernels())?;
             writeln!(out, "| model | size | params | threads | test | t/s |")?;
             writeln!(out, "|---|---:|---:|---:|---:|---:|")?;

@@ -1,6 +1,7 @@
-//! Converts a [`ModelSource`] to a GGUF model without calibration: F32, F16, BF16 or Q8_0.
-//! Vectors (norms, biases, rope factors) stay F32, as llama.cpp's converter keeps them; a matrix
-//! whose rows do not split into Q8_0 blocks falls back to F16.
+//! Converts a [`ModelSource`] to a GGUF model without calibration: F32, F16, BF16, Q8_0, Q4_0
+//! or Q4_1 (every matrix, embeddings and output included, as `llama-quantize --pure`). Vectors
+//! (norms, biases, rope factors) stay F32, as llama.cpp's converter keeps them; a matrix whose
+//! rows do not split into the type's blocks falls back to F16.
 
 use std::path::Path;
 
@@ -21,6 +22,10 @@ pub enum OutType {
     Bf16,
     #[value(name = "q8_0")]
     Q8_0,
+    #[value(name = "q4_0")]
+    Q4_0,
+    #[value(name = "q4_1")]
+    Q4_1,
 }
 
 impl OutType {
@@ -30,14 +35,19 @@ impl OutType {
             OutType::F16 => GgmlType::F16,
             OutType::Bf16 => GgmlType::BF16,
             OutType::Q8_0 => GgmlType::Q8_0,
+            OutType::Q4_0 => GgmlType::Q4_0,
+            OutType::Q4_1 => GgmlType::Q4_1,
         }
     }
 
-    /// `llama_ftype` (include/llama.h): ALL_F32 0, MOSTLY_F16 1, MOSTLY_Q8_0 7, MOSTLY_BF16 32.
+    /// `llama_ftype` (include/llama.h): ALL_F32 0, MOSTLY_F16 1, MOSTLY_Q4_0 2, MOSTLY_Q4_1 3,
+    /// MOSTLY_Q8_0 7, MOSTLY_BF16 32.
     pub fn file_type(self) -> u32 {
         match self {
             OutType::F32 => 0,
             OutType::F16 => 1,
+            OutType::Q4_0 => 2,
+            OutType::Q4_1 => 3,
             OutType::Q8_0 => 7,
             OutType::Bf16 => 32,
         }

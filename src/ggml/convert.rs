@@ -1,7 +1,8 @@
-//! f32 rows to the output types this tool writes without calibration (F32, F16, BF16, Q8_0),
-//! and raw input bytes back to f32. The encoders follow ggml's reference code bit for bit:
-//! `ggml_compute_fp32_to_bf16` and `quantize_row_q8_0_ref` (ggml/src/ggml-quants.c); F16 is
-//! IEEE round-to-nearest-even like F16C's `vcvtps2ph`.
+//! f32 rows to the output types this tool writes without calibration (F32, F16, BF16, Q8_0,
+//! Q4_0, Q4_1), and raw input bytes back to f32. The encoders follow ggml's reference code bit
+//! for bit: `ggml_compute_fp32_to_bf16` and `quantize_row_q8_0_ref` (ggml/src/ggml-quants.c);
+//! F16 is IEEE round-to-nearest-even like F16C's `vcvtps2ph`; Q4_0 and Q4_1 are ggml's own
+//! quantizer (`ggml_quantize_chunk`, what llama-quantize runs without an importance matrix).
 
 use anyhow::{bail, Result};
 use half::{bf16, f16};
@@ -44,6 +45,18 @@ pub fn encode(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) -> Result<()> {
                 // roundf: half away from zero, as f32::round.
                 out.extend(block.iter().map(|v| (v * id).round() as i8 as u8));
             }
+        }
+        GgmlType::Q4_0 | GgmlType::Q4_1 => {
+            if !x.len().is_multiple_of(ty.block_size) {
+                bail!(
+                    "{ty} needs rows of a multiple of {} values, got {}",
+                    ty.block_size,
+                    x.len()
+                );
+            }
+            // Blocks are independent without an importance matrix: any row length of whole
+            // blocks quantizes the same.
+            out.extend(super::stock::quantize(ty, x, ty.block_size)?);
         }
         other => bail!("writing {other} without calibration is not supported"),
     }

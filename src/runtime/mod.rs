@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod compare;
 pub mod generate;
+pub mod log;
 pub mod perplexity;
 
 use std::ffi::CStr;
@@ -25,16 +26,28 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn init(verbose: bool) -> Result<Runtime> {
+        log::install(verbose);
         let backend = LlamaBackend::init().context("cannot start llama.cpp")?;
-        if !verbose {
-            llama_cpp_2::send_logs_to_tracing(
-                llama_cpp_2::LogOptions::default().with_logs_enabled(false),
-            );
-        }
         Ok(Runtime {
             backend,
             gpu_layers: 0,
         })
+    }
+
+    /// Loads every weight into the plain CPU buffer (llama.cpp's `--no-repack`), bypassing the
+    /// extra buffer types (AMX, CPU_REPACK) that would otherwise take the weights they support.
+    pub fn with_no_repack(self, no_repack: bool) -> Result<Runtime> {
+        if no_repack && self.gpu_layers > 0 {
+            bail!("--no-repack keeps every weight in CPU memory: it cannot go with --gpu-layers");
+        }
+        if no_repack {
+            // llama-cpp-2 cannot set llama_model_params.use_extra_bufts, and a tensor override
+            // to the CPU buffer still picks the extra buffer types; the patched llama.cpp reads
+            // the environment name of llama.cpp's own --no-repack instead (vendor/llama.cpp.patch).
+            // Set before any model loads, while no other thread reads the environment.
+            std::env::set_var("LLAMA_ARG_REPACK", "0");
+        }
+        Ok(self)
     }
 
     /// Offloads the first `layers` layers of every model it loads (all of them for a number at
@@ -56,6 +69,36 @@ impl Runtime {
     /// Layers every model loads onto the GPU (`with_gpu_layers`).
     pub fn gpu_layers(&self) -> u32 {
         self.gpu_layers
+    }
+
+    /// The CPU paths of this build and machine (ggml's compiled-in and detected SIMD features,
+    /// e.g. `AVX2 AVX512 AVX512_VNNI AMX_INT8`), and the buffers holding the weights of the models
+    /// loaded since the last call (`AMX 45.50 MiB, CPU_Mapped 93.78 MiB`): which kernels ran.
+    pub fn cpu_paths() -> String {
+        let info = Self::system_info();
+        let simd: Vec<&str> = info
+            .split('|')
+            .filter_map(|f| f.trim().strip_suffix("= 1").map(str::trim))
+            .map(|f| f.rsplit(':').next().unwrap_or(f).trim())
+            .filter(|f| SIMD_FEATURES.contains(f))
+            .collect();
+        let buffers: Vec<String> = log::take_weight_buffers()
+            .iter()
+            .map(|b| format!("{} {:.2} MiB", b.name, b.mib))
+            .collect();
+        format!(
+            "{} | weights in {}",
+            if simd.is_empty() {
+                "scalar".to_string()
+            } else {
+                simd.join(" ")
+            },
+            if buffers.is_empty() {
+                "-".to_string()
+            } else {
+                buffers.join(", ")
+            }
+        )
     }
 
     /// ggml's CPU feature line (`llama_print_system_info`), to check what the build uses.
@@ -146,6 +189,27 @@ impl Runtime {
         })
     }
 }
+
+/// ggml's feature names (ggml-cpu.cpp) that pick a kernel family; OPENMP, REPACK and the like
+/// are not kernels.
+const SIMD_FEATURES: [&str; 16] = [
+    "SSE3",
+    "AVX",
+    "AVX_VNNI",
+    "AVX2",
+    "F16C",
+    "FMA",
+    "AVX512",
+    "AVX512_VBMI",
+    "AVX512_VNNI",
+    "AVX512_BF16",
+    "AMX_INT8",
+    "NEON",
+    "ARM_FMA",
+    "DOTPROD",
+    "SVE",
+    "MATMUL_INT8",
+];
 
 /// The thread count: all cores unless told otherwise (llama.cpp's default of 4 oversubscribes
 /// small machines).

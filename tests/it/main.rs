@@ -5,6 +5,7 @@ mod calib_edges;
 mod calibrate;
 mod common;
 mod convert_golden;
+mod cpu_paths;
 mod crash;
 mod demo;
 mod errors;
