@@ -25,10 +25,8 @@ fn weight_buffers(model: &Path, lora: Option<&Path>, extra: &[&str]) -> Vec<Stri
         "-r".as_ref(),
         "1".as_ref(),
     ];
-    if let Some(l) = lora {
-        args.extend(["--lora".as_ref(), l.as_os_str()]);
-    }
-    args.extend(extra.iter().map(|e| std::ffi::OsStr::new(e)));
+    with_lora(&mut args, lora);
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
     let out = run_ok(&args);
     let line = out
         .lines()
@@ -64,7 +62,7 @@ fn stories_files(dir: &Path) -> Vec<(&'static str, PathBuf, Option<PathBuf>)> {
     files
 }
 
-fn with_lora<'a>(args: &mut Vec<&'a std::ffi::OsStr>, lora: &'a Option<PathBuf>) {
+fn with_lora<'a>(args: &mut Vec<&'a std::ffi::OsStr>, lora: Option<&'a Path>) {
     if let Some(l) = lora {
         args.extend(["--lora".as_ref(), l.as_os_str()]);
     }
@@ -81,8 +79,8 @@ fn ppl(model: &Path, lora: &Option<PathBuf>, text: &Path, extra: &[&str]) -> f64
         "--chunks".as_ref(),
         "8".as_ref(),
     ];
-    with_lora(&mut args, lora);
-    args.extend(extra.iter().map(|e| std::ffi::OsStr::new(e)));
+    with_lora(&mut args, lora.as_deref());
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
     final_ppl(&run_ok(&args))
 }
 
@@ -97,8 +95,8 @@ fn generated_ids(model: &Path, lora: &Option<PathBuf>, prompt: &str, extra: &[&s
         "16".as_ref(),
         "--ids".as_ref(),
     ];
-    with_lora(&mut args, lora);
-    args.extend(extra.iter().map(|e| std::ffi::OsStr::new(e)));
+    with_lora(&mut args, lora.as_deref());
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
     let out = run_ok(&args);
     out.lines()
         .find_map(|l| l.strip_prefix("generated ids: "))
