@@ -8,6 +8,8 @@ scripts/setup.sh
 # Docs first: a broken link in README.md, docs/ or vendor/README.md fails in a second, offline,
 # before the long build: the README and docs/ are the user's manual.
 scripts/check-links.sh
+# The house rule rustc does not check: imports between the files of src/ run one way.
+scripts/check-imports.py
 scripts/fetch-smollm2.sh >/dev/null
 cargo test --release
 scripts/test-llama-cpp-patch.sh

@@ -7,7 +7,8 @@ use std::time::Instant;
 use anyhow::{bail, Result};
 use candle_core::{DType, Device, Tensor};
 
-use crate::apiq::parallel::{run_ranks, Collective, Solo};
+use crate::apiq::collective::{Collective, Solo};
+use crate::apiq::parallel::run_ranks;
 use crate::apiq::qblock::TrainLinear;
 use crate::apiq::recipe::Recipe;
 use crate::apiq::train::{bw_window, Optimizers, StepAt};

@@ -13,6 +13,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::eval_plot::{Family, Point};
 use crate::runtime::compare::{self, CompareArgs, Comparison};
 use crate::runtime::Runtime;
 
@@ -150,6 +151,25 @@ pub struct RowResult {
     pub adapter_bytes: u64,
     /// One per text, in the order given.
     pub scores: Vec<Comparison>,
+}
+
+impl RowResult {
+    /// The row on text `t`, as the plot draws it.
+    fn point(&self, t: usize) -> Option<Point> {
+        let family = match (&self.spec.stock, self.spec.method.as_str(), self.spec.rank) {
+            (Some(s), _, _) if s.imatrix => Family::StockImatrix,
+            (Some(_), _, _) => Family::Stock,
+            (None, "rtn", _) => Family::Rtn,
+            (None, _, None) => Family::LwcOnly,
+            (None, _, Some(_)) => Family::ApiqLora,
+        };
+        Some(Point {
+            name: self.spec.name.clone(),
+            family,
+            bytes: self.model_bytes + self.adapter_bytes,
+            ppl: self.scores.get(t)?.ppl,
+        })
+    }
 }
 
 /// Stock llama.cpp's tools for the rows of its own types, and the calibration text their
@@ -373,7 +393,8 @@ pub fn run(rt: &Runtime, a: &EvalArgs) -> Result<Vec<RowResult>> {
             .map_or(f64::NAN, |r| r.scores[t].ppl_reference);
         // Drawn beside, then renamed: no half-written picture under the final name.
         let partial = a.dir.join(format!(".plot-{stem}.partial.png"));
-        crate::eval_plot::draw(&partial, &title, (src_ppl, source_bytes), &results, t)?;
+        let points: Vec<Point> = results.iter().filter_map(|r| r.point(t)).collect();
+        crate::eval_plot::draw(&partial, &title, (src_ppl, source_bytes), &points)?;
         std::fs::rename(&partial, a.dir.join(format!("plot-{stem}.png")))?;
     }
     Ok(results)

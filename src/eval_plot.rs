@@ -10,8 +10,6 @@ use std::sync::Once;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
-use crate::eval::RowResult;
-
 fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -24,14 +22,35 @@ fn register_font() {
     });
 }
 
-fn family(r: &RowResult) -> (&'static str, RGBColor) {
-    match (&r.spec.stock, r.spec.method.as_str(), r.spec.rank) {
-        (Some(s), _, _) if s.imatrix => ("llama.cpp + imatrix", RGBColor(150, 60, 170)),
-        (Some(_), _, _) => ("llama.cpp", RGBColor(210, 50, 40)),
-        (None, "rtn", _) => ("RTN", RGBColor(120, 120, 120)),
-        (None, _, None) => ("LWC only", RGBColor(230, 140, 20)),
-        (None, _, Some(_)) => ("ApiQ + LoRA", RGBColor(30, 90, 200)),
+/// How a row was made; each family has its colour and its entry in the legend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Stock,
+    StockImatrix,
+    Rtn,
+    LwcOnly,
+    ApiqLora,
+}
+
+impl Family {
+    fn legend(self) -> (&'static str, RGBColor) {
+        match self {
+            Family::StockImatrix => ("llama.cpp + imatrix", RGBColor(150, 60, 170)),
+            Family::Stock => ("llama.cpp", RGBColor(210, 50, 40)),
+            Family::Rtn => ("RTN", RGBColor(120, 120, 120)),
+            Family::LwcOnly => ("LWC only", RGBColor(230, 140, 20)),
+            Family::ApiqLora => ("ApiQ + LoRA", RGBColor(30, 90, 200)),
+        }
     }
+}
+
+/// One row on one text.
+pub struct Point {
+    pub name: String,
+    pub family: Family,
+    /// Model + adapter.
+    pub bytes: u64,
+    pub ppl: f64,
 }
 
 const MIB: f64 = (1u64 << 20) as f64;
@@ -93,22 +112,14 @@ impl Labels {
 }
 
 /// Draws text `t` (index into each row's scores) to `path` (PNG).
-pub fn draw(
-    path: &Path,
-    title: &str,
-    source: (f64, u64),
-    rows: &[RowResult],
-    t: usize,
-) -> Result<()> {
+pub fn draw(path: &Path, title: &str, source: (f64, u64), rows: &[Point]) -> Result<()> {
     register_font();
     let err = |e: &dyn std::fmt::Display| anyhow!("{}: cannot draw the plot: {e}", path.display());
     let points: Vec<(f64, f64, String, RGBColor, &str)> = rows
         .iter()
-        .filter_map(|r| {
-            let s = r.scores.get(t)?;
-            let (fam, colour) = family(r);
-            let mib = (r.model_bytes + r.adapter_bytes) as f64 / MIB;
-            Some((mib, s.ppl, r.spec.name.clone(), colour, fam))
+        .map(|r| {
+            let (fam, colour) = r.family.legend();
+            (r.bytes as f64 / MIB, r.ppl, r.name.clone(), colour, fam)
         })
         .collect();
     let (src_ppl, src_bytes) = source;

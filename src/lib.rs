@@ -13,6 +13,7 @@ pub mod atomic;
 pub mod bench;
 pub mod calib;
 pub mod cli;
+pub mod commands;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod device;

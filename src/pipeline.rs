@@ -12,7 +12,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
-use crate::apiq::parallel::{run_ranks, Collective, Solo};
+use crate::apiq::collective::{Collective, Solo};
+use crate::apiq::parallel::run_ranks;
 use crate::apiq::recipe::Recipe;
 use crate::apiq::state::State;
 use crate::apiq::train;

@@ -106,7 +106,7 @@ pub fn run(a: &TraceArgs) -> Result<Trace> {
         r,
         &data,
         r.lora.is_some(),
-        &crate::apiq::parallel::Solo,
+        &crate::apiq::collective::Solo,
         &mut |_: usize, _: usize, l: f64| losses.push(l),
     )?;
     dev.synchronize()?;

@@ -11,6 +11,8 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, Layout, Result, Tensor, Var};
 use candle_nn::{Optimizer, ParamsAdamW};
 
+use super::adamw_step::AdamWStep;
+
 pub struct AdamW {
     params: ParamsAdamW,
     imp: Impl,
@@ -23,20 +25,6 @@ enum Impl {
         vars: Vec<(Var, Tensor)>,
         step: i32,
     },
-}
-
-/// One step's constants, in the layout of `adamw.cu`'s `AdamWStep`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct AdamWStep {
-    pub lr: f32,
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
-    pub decay: f32,
-    pub scale_m: f32,
-    pub scale_v: f32,
-    pub grad_scale: f32,
 }
 
 impl AdamW {

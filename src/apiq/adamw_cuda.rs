@@ -6,7 +6,7 @@ use candle_core::cuda_backend::cudarc::driver::{DeviceRepr, LaunchConfig, PushKe
 use candle_core::cuda_backend::{CudaStorage, WrapErr};
 use candle_core::{Layout, Result};
 
-use super::adamw::AdamWStep;
+use super::adamw_step::AdamWStep;
 use crate::cuda::{fatbin, function, Fatbin};
 
 // SAFETY: plain old data, laid out as the kernel's `AdamWStep`.

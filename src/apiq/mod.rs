@@ -3,6 +3,8 @@
 pub mod adamw;
 #[cfg(feature = "cuda")]
 mod adamw_cuda;
+mod adamw_step;
+pub mod collective;
 pub mod parallel;
 #[cfg(feature = "nccl")]
 pub mod parallel_nccl;

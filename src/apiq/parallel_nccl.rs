@@ -13,7 +13,7 @@ use candle_core::cuda_backend::{CudaDType, CudaDevice, CudaStorage};
 use candle_core::op::BackpropOp;
 use candle_core::{DType, Device, Storage, Tensor};
 
-use super::parallel::{Collective, HostRank};
+use super::collective::{Collective, HostRank};
 
 /// The group's identity: made once, handed to every rank's thread. NVLink multicast (NVLS)
 /// stays off unless the environment asks for it: on shared hosts a program using it can take

@@ -11,9 +11,6 @@ use candle_core::{DType, Result, Tensor};
 
 use crate::nn::block::Rope;
 
-/// At most this many parts per input (two linears, each with LoRA).
-pub const MAX_PARTS: usize = 4;
-
 /// `[N, H·hd]` (Σ parts, + bias) → `[B, H, L, hd]` in the parts' type, rotated by RoPE when
 /// `rope` is given. Arithmetic in `act`.
 pub fn heads(

@@ -13,10 +13,13 @@ use candle_core::op::BackpropOp;
 use candle_core::{DType, Layout, Result, Shape, Storage, StorageRef, Tensor, WithDType};
 use half::{bf16, f16};
 
-use super::step_ops::MAX_PARTS;
 use crate::cuda::{fatbin, function, Fatbin};
 use crate::nn::block::Rope;
 use crate::nn::hparams::RopeKind;
+
+/// At most this many parts per input (two linears, each with LoRA): the four pointers of the
+/// kernels' `PARTS` arguments.
+const MAX_PARTS: usize = 4;
 
 const FATBIN: Fatbin = fatbin!("step_ops");
 const THREADS: u32 = 256;

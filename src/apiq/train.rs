@@ -6,7 +6,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
 use super::adamw::AdamW;
-use super::parallel::Collective;
+use super::collective::Collective;
 use super::qblock::{forward_final, forward_train, FinalLinear, Learned, TrainLinear};
 use super::recipe::{Method, Recipe};
 use super::step;
@@ -705,7 +705,7 @@ mod tests {
             &targets,
             None,
             true,
-            &crate::apiq::parallel::Solo,
+            &crate::apiq::collective::Solo,
             &mut |_: usize, _: usize, loss: f64| losses.push(loss),
         )
         .unwrap();

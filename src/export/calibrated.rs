@@ -23,7 +23,7 @@ use crate::ggml::convert::encode;
 use crate::ggml::{stock, GgmlType};
 use crate::gguf::keys;
 use crate::gguf::{GgufWriter, TensorPlan, Value};
-use crate::nn::block::LINEARS;
+use crate::nn::block::linear_of;
 use crate::pack::{self, EmbedType, Format, LoraType, MappingError};
 use crate::source::{ModelSource, SourceTensor};
 
@@ -64,11 +64,6 @@ pub fn modelfile_path(out: &Path) -> PathBuf {
 
 fn block_of(name: &str) -> Option<usize> {
     name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
-}
-
-pub fn is_calibrated_linear(name: &str) -> Option<usize> {
-    let rest = name.strip_prefix("blk.")?.split_once('.')?.1;
-    LINEARS.iter().position(|l| rest == format!("{l}.weight"))
 }
 
 /// The `apiq.*` provenance keys of every output.
@@ -203,7 +198,7 @@ impl TypeSummary {
             let n: u64 = t.ne.iter().product();
             s.weights += n;
             count(&mut s.tensors, t.ty.name);
-            if is_calibrated_linear(&t.name).is_some() {
+            if linear_of(&t.name).is_some() {
                 count(&mut s.linears, t.ty.name);
                 s.linear_bytes += t.size()?;
                 s.linear_weights += n;
@@ -242,7 +237,7 @@ fn tensor_type(
         return GgmlType::F32;
     }
     let row = t.ne[0];
-    if is_calibrated_linear(&t.name).is_some() {
+    if linear_of(&t.name).is_some() {
         return if quantizable(row as usize, spec) {
             format.linear_type(row)
         } else {
@@ -376,7 +371,7 @@ impl<'a> CalibratedWriter<'a> {
         if let Some(l) = &r.lora {
             let mut plan = Vec::new();
             for t in me.blocks.iter().flatten() {
-                if is_calibrated_linear(&t.name).is_some() {
+                if linear_of(&t.name).is_some() {
                     let rank = l.rank as u64;
                     plan.push(TensorPlan {
                         name: format!("{}.lora_a", t.name),
@@ -420,7 +415,7 @@ impl<'a> CalibratedWriter<'a> {
         let group = self.recipe.quant.group_size;
         for ti in 0..self.blocks[layer].len() {
             let t = &self.blocks[layer][ti];
-            let lin = is_calibrated_linear(&t.name);
+            let lin = linear_of(&t.name);
             let plain = match lin.map(|i| &linears[i].q) {
                 Some(Some(_)) => None,
                 _ => Some(self.src.read(t)?),

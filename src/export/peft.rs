@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::calibrated::is_calibrated_linear;
 use super::safetensors_out::{StDtype, StPlan, StWriter};
 use crate::apiq::recipe::Recipe;
 use crate::arch::{self, Permute};
 use crate::atomic::AtomicFile;
+use crate::nn::block::linear_of;
 use crate::nn::hparams::{HParams, RopeKind};
 use crate::source::{ModelSource, SourceTensor};
 
@@ -126,7 +126,7 @@ impl PeftWriter {
                 let mut plan = Vec::new();
                 let mut targets = Vec::new();
                 for t in blocks.iter().flatten() {
-                    if is_calibrated_linear(&t.name).is_none() {
+                    if linear_of(&t.name).is_none() {
                         continue;
                     }
                     let name = hf(t)?;

@@ -7,7 +7,7 @@
 use anyhow::{bail, Result};
 use half::{bf16, f16};
 
-use super::GgmlType;
+use super::types::GgmlType;
 
 /// ggml's fp32 → bf16: round to nearest even, NaN kept quiet.
 pub fn f32_to_bf16_bits(x: f32) -> u16 {
@@ -122,6 +122,19 @@ pub const SUPPORTED_INPUTS: &str =
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn q8_0_encoder_matches_ggml() {
+        let x: Vec<f32> = (0..64)
+            .map(|i| ((i * 37 % 29) as f32 - 14.0) / 7.0)
+            .collect();
+        let mut ours = Vec::new();
+        encode(GgmlType::Q8_0, &x, &mut ours).unwrap();
+        assert_eq!(
+            crate::ggml::stock::quantize(GgmlType::Q8_0, &x, 64).unwrap(),
+            ours
+        );
+    }
 
     #[test]
     fn bf16_rounds_to_nearest_even() {

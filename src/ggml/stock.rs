@@ -6,7 +6,7 @@
 
 use anyhow::{bail, Result};
 
-use super::GgmlType;
+use super::types::GgmlType;
 
 fn check_known(ty: GgmlType) -> Result<()> {
     // ggml_type is unsigned or signed depending on the platform's bindings.
@@ -78,17 +78,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn q8_0_matches_our_encoder_and_round_trips() {
+    fn q8_0_round_trips() {
         let x: Vec<f32> = (0..64)
             .map(|i| ((i * 37 % 29) as f32 - 14.0) / 7.0)
             .collect();
-        let ours = {
-            let mut b = Vec::new();
-            crate::ggml::convert::encode(GgmlType::Q8_0, &x, &mut b).unwrap();
-            b
-        };
-        assert_eq!(quantize(GgmlType::Q8_0, &x, 64).unwrap(), ours);
-        let back = dequantize(GgmlType::Q8_0, &ours).unwrap();
+        let q = quantize(GgmlType::Q8_0, &x, 64).unwrap();
+        assert_eq!(q.len(), 2 * 34);
+        let back = dequantize(GgmlType::Q8_0, &q).unwrap();
         for (a, b) in x.iter().zip(&back) {
             assert!((a - b).abs() < 0.02, "{a} vs {b}");
         }

@@ -2,19 +2,12 @@
 //! atomic writer. Pure bytes: no candle, no model knowledge.
 
 pub mod keys;
+pub mod limits;
 pub mod reader;
 pub mod value;
 pub mod writer;
 
+pub use limits::{DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS, MAX_NAME_BYTES};
 pub use reader::{GgufFile, TensorInfo};
 pub use value::{Value, ValueType};
 pub use writer::{GgufWriter, TensorPlan};
-
-/// `GGUF` read as a little-endian u32.
-pub const MAGIC: u32 = 0x4655_4747;
-/// ggml's `GGUF_DEFAULT_ALIGNMENT`.
-pub const DEFAULT_ALIGNMENT: u64 = 32;
-/// ggml's `GGML_MAX_NAME` counts the NUL, so names may have at most 63 bytes.
-pub const MAX_NAME_BYTES: usize = 63;
-/// ggml's `GGML_MAX_DIMS`.
-pub const MAX_DIMS: usize = 4;

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use super::limits::{DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS, MAX_NAME_BYTES};
 use super::value::{Value, ValueType};
-use super::{DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS};
 use crate::ggml::GgmlType;
 use crate::mmap::MappedFile;
 
@@ -255,10 +255,10 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
     let mut expected_offset = 0u64;
     for i in 0..n_tensors {
         let name = c.string(&format!("tensor name #{i}"))?;
-        if name.len() > super::MAX_NAME_BYTES {
+        if name.len() > MAX_NAME_BYTES {
             bail!(
                 "tensor name `{name}` is longer than {} bytes",
-                super::MAX_NAME_BYTES
+                MAX_NAME_BYTES
             );
         }
         if tensors.iter().any(|t| t.name == name) {
@@ -322,7 +322,7 @@ fn parse(bytes: &[u8]) -> Result<Parsed> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::gguf::{GgufWriter, TensorPlan};
+    use crate::gguf::writer::{GgufWriter, TensorPlan};
 
     fn write_sample(dir: &Path) -> PathBuf {
         let p = dir.join("s.gguf");

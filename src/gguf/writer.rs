@@ -12,8 +12,8 @@ use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
 
+use super::limits::{DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS, MAX_NAME_BYTES};
 use super::value::{Value, ValueType};
-use super::{DEFAULT_ALIGNMENT, MAGIC, MAX_DIMS, MAX_NAME_BYTES};
 use crate::atomic::AtomicFile;
 use crate::ggml::GgmlType;
 

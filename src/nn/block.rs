@@ -21,6 +21,14 @@ pub const LINEARS: [&str; 7] = [
     "ffn_up",
     "ffn_down",
 ];
+
+/// Which of [`LINEARS`] a GGUF tensor is (`blk.N.attn_q.weight` → `Some(Q)`): the tensors
+/// ApiQ calibrates.
+pub fn linear_of(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("blk.")?.split_once('.')?.1;
+    LINEARS.iter().position(|l| rest == format!("{l}.weight"))
+}
+
 pub const Q: usize = 0;
 pub const K: usize = 1;
 pub const V: usize = 2;

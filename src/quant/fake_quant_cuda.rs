@@ -9,7 +9,7 @@ use candle_core::cuda_backend::{CudaStorage, CudaStorageSlice, WrapErr};
 use candle_core::{DType, Layout, Result};
 use half::{bf16, f16};
 
-use super::fake_quant_op::QParams;
+use super::qparams::QParams;
 use crate::cuda::{fatbin, function, Fatbin};
 
 // SAFETY: plain old data, laid out as the kernels' `QParams`.

@@ -11,44 +11,10 @@
 use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use half::{bf16, f16};
 
+use super::qparams::divisor;
+#[cfg(feature = "cuda")]
+use super::qparams::QParams;
 use super::quantizer::{GroupedWeight, QuantSpec};
-
-/// What the kernels need of the quantizer, in the layout of `fake_quant.cu`'s `QParams`.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct QParams {
-    pub qmax: f32,
-    pub inv_div: f32,
-    pub sym_zero: f32,
-    pub symmetric: i32,
-    pub zero_clamp: i32,
-    pub zlo: f32,
-    pub zhi: f32,
-}
-
-impl QParams {
-    pub fn of(spec: &QuantSpec) -> QParams {
-        let (zlo, zhi) = spec.zero_range.unwrap_or((0, 0));
-        QParams {
-            qmax: spec.qmax() as f32,
-            inv_div: (1.0 / divisor(spec)) as f32,
-            sym_zero: spec.sym_zero() as f32,
-            symmetric: i32::from(spec.symmetric),
-            zero_clamp: i32::from(spec.zero_range.is_some()),
-            zlo: zlo as f32,
-            zhi: zhi as f32,
-        }
-    }
-}
-
-/// What the scale's range is divided by: qmax, or the symmetric zero point.
-fn divisor(spec: &QuantSpec) -> f64 {
-    if spec.symmetric {
-        spec.sym_zero()
-    } else {
-        spec.qmax()
-    }
-}
 
 /// `ŵ = (clamp(round(w/s) + z, 0, qmax) − z)·s` per group, `[out, in]`, stored as `out_dtype`;
 /// differentiable in γ and β (straight-through rounding, PyTorch's clamp gradient).

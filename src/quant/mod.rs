@@ -4,6 +4,7 @@
 mod fake_quant_cuda;
 pub mod fake_quant_op;
 pub mod lora;
+pub mod qparams;
 pub mod quantizer;
 pub mod ste;
 

@@ -13,7 +13,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 use rand::{Rng, SeedableRng};
 
-use super::Runtime;
+use super::session::Runtime;
 
 #[derive(Debug, Clone)]
 pub struct BenchArgs {

@@ -15,7 +15,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
 use super::perplexity::{nll_of, read_tokens};
-use super::Runtime;
+use super::session::Runtime;
 
 #[derive(Debug, Clone)]
 pub struct CompareArgs {

@@ -13,7 +13,7 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
-use super::Runtime;
+use super::session::Runtime;
 
 #[derive(Debug, Clone)]
 pub struct PerplexityArgs {

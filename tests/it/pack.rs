@@ -357,9 +357,7 @@ fn real_weights_round_trip_bit_exactly() {
     ];
     let mut checked = 0;
     for t in src.tensors() {
-        if apiq2gguf::export::calibrated::is_calibrated_linear(&t.name).is_none()
-            || t.ne[0] % 64 != 0
-        {
+        if apiq2gguf::nn::block::linear_of(&t.name).is_none() || t.ne[0] % 64 != 0 {
             continue;
         }
         let (cols, rows) = (t.ne[0] as usize, t.ne[1] as usize);
