@@ -60,7 +60,9 @@ fn demo_answers_side_by_side_and_reports_sizes_and_heldout_perplexity() {
     assert_eq!(words(quantized), words(source), "{stdout}");
 
     let src_row = row(&stdout, "| source stories260K");
-    let q_row = row(&stdout, "| ApiQ 4-bit g64 Q4_1 + LoRA");
+    let q_row = row(&stdout, "| ApiQ 4-bit g64 Q4_1 + LoRA r16 Q8_0");
+    let rtn_row = row(&stdout, "| RTN 4-bit g64 Q4_1");
+    let q40_row = row(&stdout, "| llama.cpp Q4_0");
     let num = |c: &str| -> f64 { c.parse().unwrap_or_else(|_| panic!("`{c}`: {stdout}")) };
     let (src_mib, src_ppl) = (num(src_row[1]), num(src_row[3]));
     let (q_mib, adapter_mib, q_ppl) = (num(q_row[1]), num(q_row[2]), num(q_row[3]));
@@ -70,4 +72,11 @@ fn demo_answers_side_by_side_and_reports_sizes_and_heldout_perplexity() {
         q_ppl > src_ppl * 0.9 && q_ppl < src_ppl * 1.15,
         "held-out PPL {q_ppl} vs source {src_ppl}"
     );
+    // The same bits, groups and format by round-to-nearest: the same model file size, and
+    // worse than ApiQ's calibration with its adapter.
+    let (rtn_mib, rtn_ppl) = (num(rtn_row[1]), num(rtn_row[3]));
+    assert_eq!(rtn_mib, q_mib, "{stdout}");
+    assert!(rtn_ppl > q_ppl, "RTN {rtn_ppl} vs ApiQ {q_ppl}");
+    let q40_ppl = num(q40_row[3]);
+    assert!(q40_ppl > src_ppl * 0.9 && q40_ppl.is_finite(), "{stdout}");
 }
