@@ -52,21 +52,9 @@ fn calibrate(out: &Path, extra: &[&str]) -> String {
 }
 
 fn ppl(model: &Path, lora: Option<&Path>) -> f64 {
-    let text = tiny_text();
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "perplexity".as_ref(),
-        model.as_os_str(),
-        "-f".as_ref(),
-        text.as_os_str(),
-        "-c".as_ref(),
-        "256".as_ref(),
-        "--chunks".as_ref(),
-        "20".as_ref(),
-    ];
-    if let Some(l) = lora {
-        args.extend(["--lora".as_ref(), l.as_os_str()]);
-    }
-    final_ppl(&run_ok(&args))
+    let lora_args: Vec<&std::ffi::OsStr> =
+        lora.map_or(Vec::new(), |l| vec!["--lora".as_ref(), l.as_os_str()]);
+    perplexity_with(model, &tiny_text(), 256, 20, &lora_args)
 }
 
 fn lora_of(out: &Path) -> PathBuf {

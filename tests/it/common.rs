@@ -110,8 +110,19 @@ pub fn final_ppl(stdout: &str) -> f64 {
 }
 
 pub fn perplexity(model: &Path, text: &Path, ctx: usize, chunks: usize) -> f64 {
+    perplexity_with(model, text, ctx, chunks, &[])
+}
+
+/// `perplexity` with more arguments (`--lora FILE`, `--no-repack`, …).
+pub fn perplexity_with(
+    model: &Path,
+    text: &Path,
+    ctx: usize,
+    chunks: usize,
+    extra: &[&std::ffi::OsStr],
+) -> f64 {
     let (c, n) = (ctx.to_string(), chunks.to_string());
-    let out = run_ok(&[
+    let mut args: Vec<&std::ffi::OsStr> = vec![
         "perplexity".as_ref(),
         model.as_os_str(),
         "-f".as_ref(),
@@ -120,8 +131,9 @@ pub fn perplexity(model: &Path, text: &Path, ctx: usize, chunks: usize) -> f64 {
         c.as_ref(),
         "--chunks".as_ref(),
         n.as_ref(),
-    ]);
-    final_ppl(&out)
+    ];
+    args.extend_from_slice(extra);
+    final_ppl(&run_ok(&args))
 }
 
 pub fn tokenize(model: &Path, text: &str, parse_special: bool) -> String {

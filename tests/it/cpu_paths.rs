@@ -69,19 +69,10 @@ fn with_lora<'a>(args: &mut Vec<&'a std::ffi::OsStr>, lora: Option<&'a Path>) {
 }
 
 fn ppl(model: &Path, lora: &Option<PathBuf>, text: &Path, extra: &[&str]) -> f64 {
-    let mut args: Vec<&std::ffi::OsStr> = vec![
-        "perplexity".as_ref(),
-        model.as_os_str(),
-        "-f".as_ref(),
-        text.as_os_str(),
-        "-c".as_ref(),
-        "128".as_ref(),
-        "--chunks".as_ref(),
-        "8".as_ref(),
-    ];
+    let mut args = Vec::new();
     with_lora(&mut args, lora.as_deref());
     args.extend(extra.iter().map(std::ffi::OsStr::new));
-    final_ppl(&run_ok(&args))
+    perplexity_with(model, text, 128, 8, &args)
 }
 
 /// Greedy token ids of 16 generated tokens.

@@ -67,19 +67,13 @@ fn assert_packed_equals_twin(packed: &Path, ty: GgmlType) -> usize {
 }
 
 fn ppl_with_lora(model: &Path, lora: &Path) -> f64 {
-    let text = tiny_text();
-    final_ppl(&run_ok(&[
-        "perplexity".as_ref(),
-        model.as_os_str(),
-        "-f".as_ref(),
-        text.as_os_str(),
-        "-c".as_ref(),
-        "256".as_ref(),
-        "--chunks".as_ref(),
-        "20".as_ref(),
-        "--lora".as_ref(),
-        lora.as_os_str(),
-    ]))
+    perplexity_with(
+        model,
+        &tiny_text(),
+        256,
+        20,
+        &["--lora".as_ref(), lora.as_os_str()],
+    )
 }
 
 /// The packed file and its twin differ only in the calibrated linears, which hold the same
