@@ -12,7 +12,8 @@
 #   scripts/bench-cpu-amx.sh LLAMA_TREE VOCAB_GGUF TEXT WORK
 # LLAMA_TREE: an unpatched llama.cpp tree (scripts/fetch-llama-sdist.sh), copied, never changed.
 # VOCAB_GGUF: any llama GGUF (its tokenizer keys are copied; stories260K's is 1 MB).
-# Environment: LAYERS (4), THREADS (all cores), REPS (3), STAGES ("build run").
+# Environment: LAYERS (4), THREADS (all cores), REPS (3), STAGES ("build run"), VARIANTS (all
+# four; a subset builds in parts when one call has too little time for four builds).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 tree=$(cd "${1:?usage: $0 LLAMA_TREE VOCAB_GGUF TEXT WORK}" && pwd)
@@ -24,7 +25,7 @@ if ! grep -qw amx_int8 /proc/cpuinfo; then
 fi
 mkdir -p "$work"
 noamx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
-variants="stock stock-noamx ours ours-noamx"
+variants=${VARIANTS:-stock stock-noamx ours ours-noamx}
 targets="llama-bench llama-perplexity"
 
 build() { # NAME

@@ -64,8 +64,8 @@ pub struct CalibCli {
     /// Calibration method.
     #[arg(long, value_enum, default_value_t = Method::ApiqBw, help_heading = "Calibration")]
     pub method: Method,
-    /// Weight bits (2, 3 or 4).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=4), help_heading = "Calibration")]
+    /// Weight bits (2, 3 or 4; 5 for q5_k).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=5), help_heading = "Calibration")]
     pub bits: u32,
     /// Weights per quantization group along the input dimension (32, 64 or 128).
     #[arg(long, default_value_t = 64, value_parser = parse_group_size, help_heading = "Calibration")]
@@ -136,8 +136,10 @@ pub struct CalibCli {
     #[arg(long, help_heading = "Calibration")]
     pub baselines: bool,
     /// How the calibrated linears are stored [default: apiq2 for 2-bit groups of 64, else q4_1].
-    /// apiq2, q2_0 and q4_1 hold the calibration bit for bit; q2_0 restricts the zero points
-    /// to {1, 2} during calibration; q2_k maps onto Q2_K with the least error (reported).
+    /// Every format holds the calibration bit for bit: q2_0 restricts the zero points to
+    /// {1, 2} during calibration; q2_k, q4_k and q5_k calibrate through the type's own
+    /// two-level grid (a clipping pair per sub-block) wherever a row holds whole 256-value
+    /// super-blocks, and other rows fall back as llama-quantize does (error reported).
     #[arg(long, value_enum, help_heading = "Output")]
     pub format: Option<Format>,
     /// Type of the token embeddings and output matrix (auto: what llama-quantize picks for the
@@ -486,6 +488,7 @@ impl CalibCli {
                 group_size: self.group_size,
                 symmetric: self.symmetric,
                 zero_range: None,
+                kgrid: None,
             })
         })
     }
@@ -523,6 +526,7 @@ impl CalibCli {
             group_size: self.group_size,
             symmetric: self.symmetric,
             zero_range: None,
+            kgrid: None,
         };
         let nsamples = self.nsamples.unwrap_or(base.nsamples);
         crate::apiq::train::steps_per_epoch(nsamples, self.batch_size as usize)?;

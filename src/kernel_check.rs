@@ -40,6 +40,7 @@ fn spec(bits: u32, symmetric: bool, group_size: usize) -> QuantSpec {
         group_size,
         symmetric,
         zero_range: None,
+        kgrid: None,
     }
 }
 

@@ -8,13 +8,20 @@ use crate::nn::compute::{Compute, Precision};
 use crate::nn::hparams::HParams;
 use crate::quant::fake_quant_op::fake_quant_fused;
 use crate::quant::lora::{Lora, LoraSpec};
-use crate::quant::quantizer::{self, fake_quant, Quantized};
-use crate::quant::{GroupedWeight, Lwc, QuantSpec};
+use crate::quant::quantizer::{self, fake_quant};
+use crate::quant::{kgrid, GroupedWeight, KGrid, Lwc, QuantSpec, Requantized};
 
-/// Whether a linear of this many inputs can be quantized: groups never straddle rows, and
-/// ApiQ does not pad. Other linears stay full precision (F16 in the output), LoRA included.
+/// Whether a linear of this many inputs can be quantized: groups (K super-blocks) never
+/// straddle rows, and ApiQ does not pad. Other linears stay full precision (F16 in the
+/// output), LoRA included.
 pub fn quantizable(in_features: usize, spec: &QuantSpec) -> bool {
-    in_features.is_multiple_of(spec.group_size)
+    spec.kgrid_for(in_features).is_some() || in_features.is_multiple_of(spec.group_size)
+}
+
+/// Values per clipping pair of a linear: a K grid's sub-block, or the spec's group.
+fn clip_len(in_features: usize, spec: &QuantSpec) -> usize {
+    spec.kgrid_for(in_features)
+        .map_or(spec.group_size, KGrid::sub_len)
 }
 
 pub struct TrainLinear {
@@ -22,6 +29,8 @@ pub struct TrainLinear {
     pub w: Tensor,
     /// Grouped weight and clipping logits; `None` when the linear is not quantizable.
     pub quant: Option<(GroupedWeight, Lwc)>,
+    /// The K grid the weight trains through (groups are its sub-blocks), else ApiQ's groups.
+    pub kgrid: Option<KGrid>,
     pub lora: Option<Lora>,
 }
 
@@ -33,7 +42,7 @@ impl TrainLinear {
     ) -> Result<TrainLinear> {
         let (out_features, in_features) = w.dims2()?;
         let quant = if quantizable(in_features, spec) {
-            let gw = GroupedWeight::new(w, spec.group_size)?;
+            let gw = GroupedWeight::new(w, clip_len(in_features, spec))?;
             let lwc = Lwc::new(gw.n_groups(), w.dtype(), w.device())?;
             Some((gw, lwc))
         } else {
@@ -53,27 +62,43 @@ impl TrainLinear {
         Ok(TrainLinear {
             w: w.clone(),
             quant,
+            kgrid: spec.kgrid_for(in_features),
             lora,
         })
+    }
+
+    /// The fake-quantized weight in the weight's type, composed of candle ops (autograd).
+    pub fn fake_quant(&self, spec: &QuantSpec) -> Result<Option<Tensor>> {
+        let Some((gw, lwc)) = &self.quant else {
+            return Ok(None);
+        };
+        let (g, b) = (lwc.gamma.as_tensor(), lwc.beta.as_tensor());
+        Ok(Some(match self.kgrid {
+            Some(k) => kgrid::fake_quant(k, gw, g, b)?,
+            None => fake_quant(spec, gw, g, b)?,
+        }))
     }
 
     /// The quantized weight is computed (and stored) as `c` says; the product's operands are
     /// in its storage type.
     pub fn forward(&self, spec: &QuantSpec, c: Compute, x: &Tensor) -> Result<Tensor> {
-        let y = match &self.quant {
-            Some((gw, lwc)) => {
+        let mm = c.precision.matmul_dtype();
+        let y = match (&self.quant, self.kgrid) {
+            // The fused kernel covers ApiQ's groups; a K grid runs on candle's ops.
+            (Some((gw, lwc)), None) if c.fused => {
                 let (g, b) = (lwc.gamma.as_tensor(), lwc.beta.as_tensor());
-                let mm = c.precision.matmul_dtype();
-                let wq = if c.fused {
-                    fake_quant_fused(spec, gw, g, b, mm)?
-                } else if c.precision == Precision::F32 {
-                    fake_quant(spec, gw, g, b)?
+                block::matmul_t(x, &fake_quant_fused(spec, gw, g, b, mm)?)?
+            }
+            (Some(_), _) => {
+                let wq = self.fake_quant(spec)?.expect("quantized");
+                let wq = if c.precision == Precision::F32 {
+                    wq
                 } else {
-                    fake_quant(spec, gw, g, b)?.to_dtype(mm)?
+                    wq.to_dtype(mm)?
                 };
                 block::matmul_t(x, &wq)?
             }
-            None => block::matmul_t(x, &self.w)?,
+            (None, _) => block::matmul_t(x, &self.w)?,
         };
         match &self.lora {
             Some(l) => y + l.forward(x)?,
@@ -125,7 +150,7 @@ impl Learned {
 /// A linear as deployed: requantized weight and optional LoRA.
 pub struct FinalLinear {
     /// `None`: not quantizable, kept full precision.
-    pub q: Option<Quantized>,
+    pub q: Option<Requantized>,
     /// `[out, in]` on the device: `d·q + m`, or the FP weight.
     pub w: Tensor,
     /// `[r, in]`, `[out, r]` and the scaling.
@@ -142,21 +167,28 @@ impl FinalLinear {
         let (out, inp) = w.dims2()?;
         let dev = w.device();
         let q = if quantizable(inp, spec) {
-            let gw = GroupedWeight::new(w, spec.group_size)?;
-            Some(match (&learned.gamma, &learned.beta) {
-                (Some(g), Some(b)) => {
-                    let n = gw.n_groups();
-                    let g = Tensor::from_slice(g, (n, 1), dev)?;
-                    let b = Tensor::from_slice(b, (n, 1), dev)?;
-                    quantizer::requantize(spec, &gw, &g, &b)?
+            let gw = GroupedWeight::new(w, clip_len(inp, spec))?;
+            let n = gw.n_groups();
+            let logits = match (&learned.gamma, &learned.beta) {
+                (Some(g), Some(b)) => Some((
+                    Tensor::from_slice(g, (n, 1), dev)?,
+                    Tensor::from_slice(b, (n, 1), dev)?,
+                )),
+                _ => None,
+            };
+            Some(match (spec.kgrid_for(inp), &logits) {
+                (Some(k), Some((g, b))) => Requantized::K(kgrid::requantize(k, &gw, g, b)?),
+                (Some(k), None) => Requantized::K(kgrid::rtn(k, &gw)?),
+                (None, Some((g, b))) => {
+                    Requantized::Groups(quantizer::requantize(spec, &gw, g, b)?)
                 }
-                _ => quantizer::rtn(spec, &gw)?,
+                (None, None) => Requantized::Groups(quantizer::rtn(spec, &gw)?),
             })
         } else {
             None
         };
         let wq = match &q {
-            Some(q) => Tensor::from_slice(&q.weight, (out, inp), dev)?.to_dtype(w.dtype())?,
+            Some(q) => Tensor::from_slice(q.weight(), (out, inp), dev)?.to_dtype(w.dtype())?,
             None => w.clone(),
         };
         let lora = match (&learned.lora, lora) {

@@ -58,6 +58,7 @@ impl Default for Recipe {
                 group_size: 64,
                 symmetric: false,
                 zero_range: None,
+                kgrid: None,
             },
             lora: Some(LoraSpec {
                 rank: 64,

@@ -46,6 +46,12 @@ struct Linear<'a> {
 impl Linear<'_> {
     fn weight(&self) -> Result<Tensor> {
         match &self.lin.quant {
+            // A K grid has no fused kernel yet: candle's ops, then the operand type.
+            Some(_) if self.lin.kgrid.is_some() => self
+                .lin
+                .fake_quant(self.spec)?
+                .expect("quantized")
+                .to_dtype(self.ty),
             Some((gw, lwc)) => fake_quant_fused(
                 self.spec,
                 gw,
@@ -86,7 +92,20 @@ impl Linear<'_> {
         if let Some((gw, lwc)) = &self.lin.quant {
             let dw = dy.t()?.matmul(&s.x)?;
             let (g, b) = (lwc.gamma.as_tensor(), lwc.beta.as_tensor());
-            let (dg, db) = grad_logits(self.spec, &gw.w, g, b, &dw)?;
+            let (dg, db) = if self.lin.kgrid.is_some() {
+                // ∂(Σ ŵ·dW)/∂(γ, β) by candle's autograd through the composed K grid.
+                let wq = self.lin.fake_quant(self.spec)?.expect("quantized");
+                let gs = (wq * dw.to_dtype(gw.w.dtype())?)?.sum_all()?.backward()?;
+                let pick = |v: &Tensor| -> Result<Tensor> {
+                    match gs.get(v) {
+                        Some(d) => Ok(d.clone()),
+                        None => v.zeros_like(),
+                    }
+                };
+                (pick(g)?, pick(b)?)
+            } else {
+                grad_logits(self.spec, &gw.w, g, b, &dw)?
+            };
             grads.insert(g, dg);
             grads.insert(b, db);
         }
@@ -216,6 +235,7 @@ mod tests {
             group_size,
             symmetric: false,
             zero_range: None,
+            kgrid: None,
         };
         let lspec = LoraSpec {
             rank: 3,

@@ -657,6 +657,7 @@ mod tests {
                 group_size: 8,
                 symmetric: false,
                 zero_range: None,
+                kgrid: None,
             },
             lora: Some(LoraSpec {
                 rank: 3,

@@ -154,8 +154,9 @@ fn calibrate(
     if !fallbacks.is_empty() {
         let n: usize = t.linears.iter().map(|(_, c)| c).sum();
         let format = args.export.format.name();
-        let why = if format == "q2_k" {
-            "q2_k needs rows that are multiples of 256; linears ApiQ cannot quantize stay f16"
+        let why = if args.export.format.kgrid().is_some() {
+            "K types need rows of whole 256-value super-blocks: the other rows trained on the \
+             groups and fell back as llama-quantize does; linears ApiQ cannot quantize stay f16"
         } else {
             "linears whose inputs are not whole groups cannot be quantized and stay f16"
         };
@@ -170,7 +171,7 @@ fn calibrate(
     }
     if w.mapping.n > 0 && w.mapping.sum_sq > 0.0 {
         eprintln!(
-            "{} added to the calibrated weights: rmse {:.3e}, relative {:.3e}, max {:.3e} over {} values",
+            "{} fallback rows added to the calibrated weights: rmse {:.3e}, relative {:.3e}, max {:.3e} over {} values",
             args.export.format.name(),
             w.mapping.rmse(),
             w.mapping.relative(),

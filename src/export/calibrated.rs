@@ -160,7 +160,8 @@ pub struct Written {
     pub adapter: Option<(PathBuf, u64)>,
     pub modelfile: PathBuf,
     pub peft: Option<PathBuf>,
-    /// Error the format added to the calibrated weights (Q2_K and its Q4_0 fallback).
+    /// Error the format added to the calibrated weights (the fallback types that cannot hold
+    /// the grid, e.g. Q4_0 for Q2_K's rows of no whole super-blocks).
     pub mapping: MappingError,
     /// What `OUT` holds, by type.
     pub summary: TypeSummary,
@@ -439,7 +440,7 @@ impl<'a> CalibratedWriter<'a> {
             }
             if let Some(p) = self.peft.as_mut() {
                 match (lin.map(|i| &linears[i].q), &plain) {
-                    (Some(Some(q)), _) => p.write_base(t, &q.weight)?,
+                    (Some(Some(q)), _) => p.write_base(t, q.weight())?,
                     (_, Some(x)) => p.write_base(t, x)?,
                     (_, None) => unreachable!("plain data read when not calibrated"),
                 }

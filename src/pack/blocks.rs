@@ -248,6 +248,7 @@ pub(crate) mod tests {
             group_size,
             symmetric: false,
             zero_range,
+            kgrid: None,
         }
     }
 

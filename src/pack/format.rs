@@ -7,7 +7,7 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::ggml::GgmlType;
-use crate::quant::QuantSpec;
+use crate::quant::{KGrid, QuantSpec};
 
 /// How the calibrated linears are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -20,10 +20,19 @@ pub enum Format {
     /// Q4_1 (5 bpw), stock everywhere: exact for any bits ≤ 4 (made for 4-bit, group 32).
     #[value(name = "q4_1")]
     Q4_1,
-    /// Q2_K (2.625 bpw), stock and Ollama: the learned grid mapped with the least error; rows
-    /// not a multiple of 256 fall back to Q4_0 as llama-quantize does.
+    /// Q2_K (2.625 bpw), stock everywhere: calibrated through Q2_K's own two-level grid and
+    /// written bit for bit; rows not a multiple of 256 train on the groups and fall back to
+    /// Q4_0 as llama-quantize does.
     #[value(name = "q2_k")]
     Q2K,
+    /// Q4_K (4.5 bpw), stock everywhere, calibrated through its own grid (needs --bits 4);
+    /// fallback Q5_0.
+    #[value(name = "q4_k")]
+    Q4K,
+    /// Q5_K (5.5 bpw), stock everywhere, calibrated through its own grid (needs --bits 5);
+    /// fallback Q5_1.
+    #[value(name = "q5_k")]
+    Q5K,
     /// F16 values on the learned grid (fake-quant): any runtime, and for checking the others.
     F16,
 }
@@ -73,6 +82,8 @@ impl Format {
             Format::Q2_0 => "q2_0",
             Format::Q4_1 => "q4_1",
             Format::Q2K => "q2_k",
+            Format::Q4K => "q4_k",
+            Format::Q5K => "q5_k",
             Format::F16 => "f16",
         }
     }
@@ -81,6 +92,8 @@ impl Format {
     pub fn default_for(spec: &QuantSpec) -> Format {
         if spec.bits == 2 && spec.group_size == 64 {
             Format::Apiq2
+        } else if spec.bits == 5 {
+            Format::Q5K
         } else {
             Format::Q4_1
         }
@@ -93,6 +106,8 @@ impl Format {
             Format::Q2_0 => GgmlType::Q2_0,
             Format::Q4_1 => GgmlType::Q4_1,
             Format::Q2K => GgmlType::Q2_K,
+            Format::Q4K => GgmlType::Q4_K,
+            Format::Q5K => GgmlType::Q5_K,
             Format::F16 => GgmlType::F16,
         }
     }
@@ -104,6 +119,9 @@ impl Format {
             Format::Q2_0 => 41,
             Format::Q4_1 => 3,
             Format::Q2K => 10,
+            // Q4_K_S / Q5_K_S: every linear in the type, as ours are.
+            Format::Q4K => 14,
+            Format::Q5K => 16,
             Format::F16 => 1,
         }
     }
@@ -117,19 +135,53 @@ impl Format {
                  (q4_1 holds any bits up to 4 and groups of 32/64/128; f16 holds anything)",
                 self.name()
             ),
-            Format::Q2K if bits != 2 => {
-                bail!("--format q2_k holds 2-bit weights, not {bits}-bit (q4_1 holds up to 4 bits)")
+            Format::Q4_1 if bits > 4 => {
+                bail!("--format q4_1 holds up to 4-bit weights, not {bits}-bit (q5_k holds 5)")
+            }
+            Format::Q2K | Format::Q4K | Format::Q5K => {
+                let k = self.kgrid().expect("a K format");
+                if bits != k.bits() {
+                    bail!(
+                        "--format {} holds {}-bit weights, not {bits}-bit (give --bits {})",
+                        self.name(),
+                        k.bits(),
+                        k.bits()
+                    );
+                }
+                if spec.symmetric {
+                    bail!(
+                        "--format {} is asymmetric (a scale and a min per sub-block): drop \
+                         --symmetric",
+                        self.name()
+                    );
+                }
+                Ok(())
             }
             _ => Ok(()),
         }
     }
 
+    /// The K grid the format's linears are calibrated through.
+    pub fn kgrid(self) -> Option<KGrid> {
+        match self {
+            Format::Q2K => Some(KGrid::Q2K),
+            Format::Q4K => Some(KGrid::Q4K),
+            Format::Q5K => Some(KGrid::Q5K),
+            _ => None,
+        }
+    }
+
     /// The quantizer as the format needs it: Q2_0's grid `(q − 1)·d` only reaches asymmetric
-    /// zero points 1 and 2 (through the sign of `d`), so calibration must stay within them.
+    /// zero points 1 and 2 (through the sign of `d`), so calibration must stay within them; a
+    /// K format trains its linears of whole super-blocks through its own grid.
     pub fn constrain(self, spec: QuantSpec) -> QuantSpec {
         match self {
             Format::Q2_0 if !spec.symmetric => QuantSpec {
                 zero_range: Some((1, 2)),
+                ..spec
+            },
+            Format::Q2K | Format::Q4K | Format::Q5K => QuantSpec {
+                kgrid: self.kgrid(),
                 ..spec
             },
             _ => spec,
@@ -193,6 +245,9 @@ mod tests {
         assert_eq!(Format::Q2K.linear_type(576), GgmlType::Q4_0);
         assert_eq!(Format::Q2K.linear_type(1536), GgmlType::Q2_K);
         assert_eq!(Format::Q2_0.linear_type(576), GgmlType::Q2_0);
+        assert_eq!(Format::Q4K.linear_type(576), GgmlType::Q5_0);
+        assert_eq!(Format::Q5K.linear_type(576), GgmlType::Q5_1);
+        assert_eq!(Format::Q4K.linear_type(1536), GgmlType::Q4_K);
         for f in [Format::Apiq2, Format::Q2_0, Format::Q4_1, Format::Q2K] {
             assert_eq!(
                 f.embed_type(false, true, 576, EmbedType::Auto),

@@ -1,45 +1,55 @@
 //! Packing ApiQ's result into GGUF tensor types: our APIQ2, exact stock mappings (Q2_0,
-//! Q4_1), Q2_K for reach, and F16 fake-quant; plus which type every other tensor gets.
+//! Q4_1), the K types it was trained through (Q2_K, Q4_K, Q5_K), and F16 fake-quant; plus
+//! which type every other tensor gets.
 
 pub mod blocks;
 pub mod format;
-pub mod q2k;
+pub mod kquants;
+pub mod mapping;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use crate::ggml::convert::encode;
-use crate::ggml::GgmlType;
-use crate::quant::quantizer::Quantized;
+use crate::ggml::{stock, GgmlType};
+use crate::quant::Requantized;
 pub use format::{EmbedType, Format, LoraType};
-pub use q2k::MappingError;
+pub use mapping::MappingError;
 
 /// The bytes of one calibrated linear of `row_len` inputs in type `ty` (from
 /// [`Format::linear_type`]), and the error the type adds to the calibrated weights (zero for
 /// the exact types).
 pub fn encode_linear(
     ty: GgmlType,
-    q: &Quantized,
+    q: &Requantized,
     group: usize,
     out: &mut Vec<u8>,
 ) -> Result<MappingError> {
     let mut err = MappingError::default();
-    let raw = match ty {
-        GgmlType::APIQ2 => blocks::encode_apiq2(q, group)?,
-        GgmlType::Q2_0 => blocks::encode_q2_0(q, group)?,
-        GgmlType::Q4_1 => blocks::encode_q4_1(q, group)?,
-        GgmlType::Q2_K => {
-            let (raw, e) = q2k::encode_q2_k(q, group)?;
-            err = e;
-            raw
+    let raw = match (ty, q) {
+        (_, Requantized::K(k)) if kquants::grid_of(ty) == Some(k.grid) => kquants::encode(k)?,
+        (_, Requantized::Groups(_)) | (_, Requantized::K(_)) if kquants::grid_of(ty).is_some() => {
+            bail!("{ty} holds only weights calibrated through its own grid")
         }
-        GgmlType::Q4_0 => {
+        (GgmlType::APIQ2, Requantized::Groups(q)) => blocks::encode_apiq2(q, group)?,
+        (GgmlType::Q2_0, Requantized::Groups(q)) => blocks::encode_q2_0(q, group)?,
+        (GgmlType::Q4_1, Requantized::Groups(q)) => blocks::encode_q4_1(q, group)?,
+        (GgmlType::Q4_0, Requantized::Groups(q)) => {
             let raw = blocks::encode_q4_0(q, group)?;
             err = MappingError::measure(&blocks::decode_q4_0(&raw)?, &q.weight);
             raw
         }
-        other => {
+        (GgmlType::F16 | GgmlType::F32, q) => {
             let mut raw = Vec::new();
-            encode(other, &q.weight, &mut raw)?;
+            encode(ty, q.weight(), &mut raw)?;
+            raw
+        }
+        (other, q) => {
+            // A fallback type that cannot hold the grid (Q5_0 for Q4_K's rows of no whole
+            // super-blocks...): ggml's quantizer of the calibrated weights, its error reported.
+            // Blocks are independent without an importance matrix, so any row of whole blocks
+            // quantizes the same.
+            let raw = stock::quantize(other, q.weight(), other.block_size)?;
+            err = MappingError::measure(&stock::dequantize(other, &raw)?, q.weight());
             raw
         }
     };
@@ -49,12 +59,14 @@ pub fn encode_linear(
 
 /// Decodes bytes of any type this tool writes for calibrated linears (the Rust reference).
 pub fn decode_linear(ty: GgmlType, raw: &[u8]) -> Result<Vec<f32>> {
+    if let Some(k) = kquants::grid_of(ty) {
+        return kquants::decode(k, raw);
+    }
     match ty {
         GgmlType::APIQ2 => blocks::decode_apiq2(raw),
         GgmlType::Q2_0 => blocks::decode_q2_0(raw),
         GgmlType::Q4_1 => blocks::decode_q4_1(raw),
         GgmlType::Q4_0 => blocks::decode_q4_0(raw),
-        GgmlType::Q2_K => q2k::decode_q2_k(raw),
         other => {
             let n = raw.len() / other.type_size * other.block_size;
             crate::ggml::convert::decode(other, raw, n)

@@ -427,6 +427,7 @@ mod tests {
             group_size: 64,
             symmetric,
             zero_range,
+            kgrid: None,
         }
     }
 

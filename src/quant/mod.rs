@@ -3,9 +3,14 @@
 #[cfg(feature = "cuda")]
 mod fake_quant_cuda;
 pub mod fake_quant_op;
+pub mod kgrid;
+pub mod kspec;
 pub mod lora;
 pub mod qparams;
 pub mod quantizer;
+pub mod requantized;
 pub mod ste;
 
+pub use kspec::KGrid;
 pub use quantizer::{GroupedWeight, Lwc, QuantSpec};
+pub use requantized::Requantized;

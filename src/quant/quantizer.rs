@@ -14,6 +14,7 @@
 
 use candle_core::{DType, Device, Result, Tensor, Var};
 
+use super::kspec::KGrid;
 use super::ste::{clamp_inclusive, round_ste, round_ties_even};
 
 /// ApiQ's LWC logits start at 4.0 (σ(4) = 0.982).
@@ -30,6 +31,10 @@ pub struct QuantSpec {
     /// Asymmetric zero points clamped to this inclusive range (Q2_0's grid needs z ∈ {1, 2}).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub zero_range: Option<(u32, u32)>,
+    /// Linears whose rows hold whole 256-value super-blocks train through this K-quant grid
+    /// (per sub-block clipping, [`super::kgrid`]); the others through the groups above.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kgrid: Option<KGrid>,
 }
 
 impl QuantSpec {
@@ -40,6 +45,11 @@ impl QuantSpec {
     /// Symmetric zero point `2^(b−1) − 1` (also the divisor of absmax).
     pub(crate) fn sym_zero(&self) -> f64 {
         f64::from((1u32 << (self.bits - 1)) - 1)
+    }
+
+    /// The K grid a linear of `in_features` inputs trains through, if any.
+    pub fn kgrid_for(&self, in_features: usize) -> Option<KGrid> {
+        self.kgrid.filter(|_| KGrid::fits(in_features))
     }
 }
 
@@ -245,6 +255,7 @@ mod tests {
             group_size: 8,
             symmetric,
             zero_range: None,
+            kgrid: None,
         };
         let w = Tensor::new(&X, &dev).unwrap().reshape((1, 8)).unwrap();
         let gw = GroupedWeight::new(&w, 8).unwrap();
@@ -292,6 +303,7 @@ mod tests {
             group_size: 8,
             symmetric: false,
             zero_range: None,
+            kgrid: None,
         };
         let w = Tensor::new(&X.map(|v| v as f32), &dev)
             .unwrap()

@@ -263,76 +263,60 @@ fn apiq2_holds_the_calibration_bit_for_bit_and_q8_0_adapters_load() {
 }
 
 #[test]
-fn q2_k_maps_real_weights_with_bounded_error() {
-    // SmolLM2's ffn_down (1536 inputs) is Q2_K; its other linears (576) fall back to Q4_0.
-    // RTN keeps the run short: the mapping sees a real grid of real weights.
-    let d = tempdir();
-    let out = d.path().join("m.gguf");
-    let o = calibrate_quick(
-        &smollm2_gguf(),
-        &out,
-        &[
-            "--method",
-            "rtn",
-            "--format",
-            "q2_k",
-            "--f16-twin",
-            "--nsamples",
-            "1",
-            "--seqlen",
-            "32",
-            "--calib-max-bytes",
-            "20000",
-        ],
-    );
-    let log = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        log.contains("q2_k added to the calibrated weights: rmse"),
-        "{log}"
-    );
-    let (p, t) = (
-        GgufFile::open(&out).unwrap(),
-        GgufFile::open(&sibling(&out, ".f16.gguf")).unwrap(),
-    );
-    assert_eq!(
-        p.tensor("blk.0.ffn_down.weight").unwrap().ty,
-        GgmlType::Q2_K
-    );
-    assert_eq!(p.tensor("blk.0.ffn_up.weight").unwrap().ty, GgmlType::Q4_0);
-    let (mut err, mut err_ggml, mut norm) = (0f64, 0f64, 0f64);
-    for layer in [0, 15, 29] {
-        let name = format!("blk.{layer}.ffn_down.weight");
-        let raw = bytes(&p, p.tensor(&name).unwrap());
-        let ours = pack::decode_linear(GgmlType::Q2_K, &raw).unwrap();
-        assert_eq!(
-            ours.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-            stock::dequantize(GgmlType::Q2_K, &raw)
-                .unwrap()
-                .iter()
-                .map(|v| v.to_bits())
-                .collect::<Vec<_>>()
+fn k_formats_are_the_trained_grid_and_run_with_their_adapter() {
+    // SmolLM2's ffn_down (1536 inputs, six super-blocks) trains through the K type's own grid
+    // and is written bit for bit; its 576-wide linears hold no whole super-block, train on the
+    // groups and fall back as llama-quantize does (Q2_K → Q4_0, Q4_K → Q5_0), error reported.
+    // At 2 bits SmolLM2 is broken by any method (perplexity in the 10⁵), where activation
+    // rounding moves perplexity by tens of percent: only Q4_K is held to its twin's, within
+    // what its Q5_0 fallback adds (ggml's Q5_0 of the 4-bit groups: 8.53 vs 8.25 at this seed).
+    for (format, bits, ty, fallback, tolerance) in [
+        ("q2_k", "2", GgmlType::Q2_K, GgmlType::Q4_0, None),
+        ("q4_k", "4", GgmlType::Q4_K, GgmlType::Q5_0, Some(0.05)),
+    ] {
+        let d = tempdir();
+        let out = d.path().join("m.gguf");
+        let o = calibrate_quick(
+            &smollm2_gguf(),
+            &out,
+            &[
+                "--format",
+                format,
+                "--bits",
+                bits,
+                "--f16-twin",
+                "--nsamples",
+                "1",
+                "--seqlen",
+                "32",
+                "--epochs",
+                "2",
+                "--lora-rank",
+                "8",
+                "--calib-max-bytes",
+                "20000",
+            ],
         );
-        let twin: Vec<f32> = f16_values(&t, &name)
-            .iter()
-            .map(|b| f16::from_bits(*b).to_f32())
-            .collect();
-        let requant = stock::quantize(GgmlType::Q2_K, &twin, 1536).unwrap();
-        let theirs = stock::dequantize(GgmlType::Q2_K, &requant).unwrap();
-        for ((o, g), w) in ours.iter().zip(&theirs).zip(&twin) {
-            err += f64::from(o - w).powi(2);
-            err_ggml += f64::from(g - w).powi(2);
-            norm += f64::from(*w).powi(2);
+        let log = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            log.contains(&format!(
+                "{format} fallback rows added to the calibrated weights"
+            )),
+            "{log}"
+        );
+        // Every ffn_down of the 30 blocks, dequantized by ggml, is the twin's grid.
+        assert_eq!(assert_packed_equals_twin(&out, ty), 30, "{format}");
+        let p = GgufFile::open(&out).unwrap();
+        assert_eq!(p.tensor("blk.0.ffn_up.weight").unwrap().ty, fallback);
+        assert_eq!(p.get_str("apiq.format"), Some(format));
+        match tolerance {
+            Some(t) => assert_runs_like_twin(&out, t),
+            None => {
+                let ppl = ppl_with_lora(&out, &sibling(&out, ".lora.gguf"));
+                assert!(ppl.is_finite(), "{format}: PPL {ppl}");
+            }
         }
     }
-    let rel = (err / norm).sqrt();
-    let rel_ggml = (err_ggml / norm).sqrt();
-    // Bounded: a few percent of the weights' norm, and well below llama-quantize's own Q2_K
-    // applied to the same calibrated weights.
-    assert!(rel < 0.05, "relative error {rel}");
-    assert!(rel < 0.5 * rel_ggml, "ours {rel} vs ggml's Q2_K {rel_ggml}");
-    let text = tiny_text();
-    let p = perplexity(&out, &text, 256, 2);
-    assert!(p.is_finite(), "stock runtime PPL {p}");
 }
 
 #[test]
@@ -362,6 +346,7 @@ fn real_weights_round_trip_bit_exactly() {
                 group_size: group,
                 symmetric: false,
                 zero_range,
+                kgrid: None,
             };
             let gw = GroupedWeight::new(&w, group).unwrap();
             let init = Tensor::full(LWC_INIT as f32, (gw.n_groups(), 1), &Device::Cpu).unwrap();
@@ -370,7 +355,8 @@ fn real_weights_round_trip_bit_exactly() {
                 rtn(&spec, &gw).unwrap(),
             ] {
                 let mut raw = Vec::new();
-                pack::encode_linear(ty, &q, group, &mut raw).unwrap();
+                let rq = apiq2gguf::quant::Requantized::Groups(q.clone());
+                pack::encode_linear(ty, &rq, group, &mut raw).unwrap();
                 let mut decoded = vec![pack::decode_linear(ty, &raw).unwrap()];
                 if ty.id < 43 {
                     decoded.push(stock::dequantize(ty, &raw).unwrap());
@@ -406,6 +392,18 @@ fn formats_refuse_grids_they_cannot_hold() {
             "2-bit weights in groups of 64",
         ),
         (&["--format", "q2_k", "--bits", "4"][..], "q2_k holds 2-bit"),
+        (
+            &["--format", "q4_k"][..],
+            "q4_k holds 4-bit weights, not 2-bit (give --bits 4)",
+        ),
+        (
+            &["--format", "q2_k", "--symmetric"][..],
+            "q2_k is asymmetric",
+        ),
+        (
+            &["--format", "q4_1", "--bits", "5"][..],
+            "q4_1 holds up to 4-bit",
+        ),
     ] {
         let mut args: Vec<&std::ffi::OsStr> = vec![model.as_os_str(), out.as_os_str()];
         args.extend(flags.iter().map(std::ffi::OsStr::new));
