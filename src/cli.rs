@@ -12,7 +12,7 @@ use crate::export::model::OutType;
 use crate::nn::compute::{Compute, Precision};
 use crate::pack::{EmbedType, Format, LoraType};
 use crate::quant::lora::LoraSpec;
-use crate::quant::QuantSpec;
+use crate::quant::{KInit, QuantSpec};
 
 const ABOUT: &str = "ApiQ 2-bit quantization for GGUF / llama.cpp.
 
@@ -132,6 +132,10 @@ pub struct CalibCli {
     /// (candle's ops and autograd, the reference). The CPU always runs candle's.
     #[arg(long, value_enum, default_value_t = Kernels::Fused, help_heading = "Calibration")]
     pub kernels: Kernels,
+    /// Where the clipping of a K format (q2_k, q4_k, q5_k) starts: lwc (σ(4) = 0.982 of each
+    /// sub-block's range, ApiQ's start) or ggml (the ranges ggml's own quantizer picks).
+    #[arg(long, value_enum, default_value_t = KInit::Lwc, help_heading = "Calibration")]
+    pub k_init: KInit,
     /// Also train an LWC-only copy of every block on the same inputs, for the closing table.
     #[arg(long, help_heading = "Calibration")]
     pub baselines: bool,
@@ -540,6 +544,7 @@ impl CalibCli {
             batch: self.batch_size as usize,
             seed: self.seed,
             precision: compute.precision,
+            k_init: self.k_init,
             ..base
         }
         .with_method_rates())

@@ -3,13 +3,14 @@
 
 use candle_core::{DType, Result, Tensor, Var};
 
+use super::kstart;
 use crate::nn::block::{self, BlockNorms, Rope};
 use crate::nn::compute::{Compute, Precision};
 use crate::nn::hparams::HParams;
 use crate::quant::fake_quant_op::fake_quant_fused;
 use crate::quant::lora::{Lora, LoraSpec};
 use crate::quant::quantizer::{self, fake_quant};
-use crate::quant::{kgrid, GroupedWeight, KGrid, Lwc, QuantSpec, Requantized};
+use crate::quant::{kgrid, GroupedWeight, KGrid, KInit, Lwc, QuantSpec, Requantized};
 
 /// Whether a linear of this many inputs can be quantized: groups (K super-blocks) never
 /// straddle rows, and ApiQ does not pad. Other linears stay full precision (F16 in the
@@ -65,6 +66,15 @@ impl TrainLinear {
             kgrid: spec.kgrid_for(in_features),
             lora,
         })
+    }
+
+    /// Starts a K grid's clipping from ggml's own quantizer's ranges ([`kstart`]).
+    pub fn start_from(&mut self, init: KInit) -> anyhow::Result<()> {
+        if let (KInit::Ggml, Some(k), Some((gw, lwc))) = (init, self.kgrid, &mut self.quant) {
+            let (g, b) = kstart::ggml_logits(k, gw)?;
+            *lwc = Lwc::from_logits(&g, &b, gw.w.dtype(), gw.w.device())?;
+        }
+        Ok(())
     }
 
     /// The fake-quantized weight in the weight's type, composed of candle ops (autograd).

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::nn::compute::Precision;
 use crate::quant::lora::LoraSpec;
-use crate::quant::QuantSpec;
+use crate::quant::{KInit, QuantSpec};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 pub enum Method {
@@ -47,6 +47,9 @@ pub struct Recipe {
     pub seed: u64,
     /// Operand precision of the trained block's matrix products.
     pub precision: Precision,
+    /// Where a K grid's clipping starts.
+    #[serde(skip_serializing_if = "KInit::is_lwc")]
+    pub k_init: KInit,
 }
 
 impl Default for Recipe {
@@ -75,6 +78,7 @@ impl Default for Recipe {
             batch: 1,
             seed: 2,
             precision: Precision::F32,
+            k_init: KInit::Lwc,
         }
     }
 }

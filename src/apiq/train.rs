@@ -56,12 +56,16 @@ pub(crate) fn new_linears(
     with_lora: bool,
 ) -> Result<Vec<TrainLinear>> {
     let lora = if with_lora { r.lora.as_ref() } else { None };
-    Ok(bw
+    let mut linears = bw
         .w
         .iter()
         .enumerate()
         .map(|(i, w)| TrainLinear::new(w, &r.quant, lora.map(|l| (l, lora_seed(r.seed, layer, i)))))
-        .collect::<candle_core::Result<Vec<_>>>()?)
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    for l in &mut linears {
+        l.start_from(r.k_init)?;
+    }
+    Ok(linears)
 }
 
 /// PyTorch's GradScaler: dynamic loss scaling for f16 products (start 2^16, halve and skip the

@@ -74,10 +74,17 @@ fn calibrate(
     let r = &args.recipe;
     args.export.format.check(&r.quant)?;
     eprintln!(
-        "calibrating {} with {} into {}: {}-bit g{} {}, {}, {} windows x {} tokens{}, {} epochs, seed {}, {} ({}{})",
+        "calibrating {} with {} into {}: {}{}-bit g{} {}, {}, {} windows x {} tokens{}, {} epochs, seed {}, {} ({}{})",
         args.model.display(),
         clap::ValueEnum::to_possible_value(&r.method).map_or_else(String::new, |v| v.get_name().to_string()),
         args.export.format.name(),
+        r.quant.kgrid.map_or(String::new(), |k| format!(
+            "rows of whole 256-value super-blocks through {}'s grid ({}-bit, sub-blocks of {}, clipping from {}), the others ",
+            k.name(),
+            k.bits(),
+            k.sub_len(),
+            clap::ValueEnum::to_possible_value(&r.k_init).map_or_else(String::new, |v| v.get_name().to_string()),
+        )),
         r.quant.bits,
         r.quant.group_size,
         if r.quant.symmetric { "symmetric" } else { "asymmetric" },

@@ -45,6 +45,14 @@ pub enum EmbedType {
     F16,
     #[value(name = "q8_0")]
     Q8_0,
+    /// ggml's Q6_K (llama-quantize's usual output type); Q8_0 where rows are not whole
+    /// super-blocks.
+    #[value(name = "q6_k")]
+    Q6K,
+    /// ggml's Q4_K (llama-quantize's embeddings at Q2_K–Q4_K_M); Q5_0 where rows are not whole
+    /// super-blocks.
+    #[value(name = "q4_k")]
+    Q4K,
 }
 
 /// Type of the adapter's lora_a and lora_b.
@@ -199,6 +207,8 @@ impl Format {
         let ty = match opt {
             EmbedType::F16 => GgmlType::F16,
             EmbedType::Q8_0 => GgmlType::Q8_0,
+            EmbedType::Q6K => GgmlType::Q6_K,
+            EmbedType::Q4K => GgmlType::Q4_K,
             EmbedType::Auto if self == Format::F16 => GgmlType::F16,
             EmbedType::Auto if is_output || tied => {
                 if row_len.is_multiple_of(self.ggml_type().block_size as u64) {
@@ -273,6 +283,18 @@ mod tests {
         assert_eq!(
             Format::Q2_0.embed_type(true, false, 48, EmbedType::Q8_0),
             GgmlType::F16
+        );
+        assert_eq!(
+            Format::Apiq2.embed_type(false, true, 1536, EmbedType::Q6K),
+            GgmlType::Q6_K
+        );
+        assert_eq!(
+            Format::Apiq2.embed_type(false, false, 576, EmbedType::Q6K),
+            GgmlType::Q8_0
+        );
+        assert_eq!(
+            Format::Q2K.embed_type(true, false, 576, EmbedType::Q4K),
+            GgmlType::Q5_0
         );
     }
 }

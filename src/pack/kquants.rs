@@ -119,6 +119,34 @@ pub fn encode(q: &KQuantized) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Each sub-block's range `(hi, lo)` = `(d·sc·qmax − dmin·mn, −dmin·mn)` in `raw` (whole
+/// blocks of `k`'s type), in order.
+pub fn sub_ranges(k: KGrid, raw: &[u8]) -> Result<(Vec<f32>, Vec<f32>)> {
+    let size = ggml_type(k).type_size;
+    ensure!(
+        raw.len().is_multiple_of(size),
+        "not whole {} blocks",
+        k.name()
+    );
+    let (mut hi, mut lo) = (Vec::new(), Vec::new());
+    let qmax = k.code_max() as f32;
+    for b in raw.chunks_exact(size) {
+        for j in 0..k.subs() {
+            let (d, dmin, sc, m) = match k {
+                KGrid::Q2K => (h(b, 80), h(b, 82), b[j] & 0xF, b[j] >> 4),
+                KGrid::Q4K | KGrid::Q5K => {
+                    let (sc, m) = scale_min_k4(j, &b[4..16]);
+                    (h(b, 0), h(b, 2), sc, m)
+                }
+            };
+            let big_m = dmin * f32::from(m);
+            hi.push(d * f32::from(sc) * qmax - big_m);
+            lo.push(-big_m);
+        }
+    }
+    Ok((hi, lo))
+}
+
 /// `raw` (whole blocks of `k`'s type) back to f32, as ggml's `dequantize_row_q*_K`.
 pub fn decode(k: KGrid, raw: &[u8]) -> Result<Vec<f32>> {
     let size = ggml_type(k).type_size;

@@ -63,3 +63,20 @@ impl KGrid {
         in_features.is_multiple_of(QK_K)
     }
 }
+
+/// Where a K grid's clipping starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+pub enum KInit {
+    /// LWC's start, σ(4) = 0.982 of each sub-block's range.
+    #[default]
+    Lwc,
+    /// The range of each sub-block that ggml's own quantizer (`quantize_row_q*_K_ref`, no
+    /// importance matrix) picks for the weight: training starts where llama-quantize ends.
+    Ggml,
+}
+
+impl KInit {
+    pub fn is_lwc(&self) -> bool {
+        *self == KInit::Lwc
+    }
+}

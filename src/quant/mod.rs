@@ -11,6 +11,6 @@ pub mod quantizer;
 pub mod requantized;
 pub mod ste;
 
-pub use kspec::KGrid;
+pub use kspec::{KGrid, KInit};
 pub use quantizer::{GroupedWeight, Lwc, QuantSpec};
 pub use requantized::Requantized;

@@ -96,6 +96,17 @@ pub struct Lwc {
 }
 
 impl Lwc {
+    /// Logits given per group (`[n_groups]` each).
+    pub fn from_logits(gamma: &[f32], beta: &[f32], dtype: DType, device: &Device) -> Result<Lwc> {
+        let var = |v: &[f32]| -> Result<Var> {
+            Var::from_tensor(&Tensor::from_slice(v, (v.len(), 1), device)?.to_dtype(dtype)?)
+        };
+        Ok(Lwc {
+            gamma: var(gamma)?,
+            beta: var(beta)?,
+        })
+    }
+
     pub fn new(n_groups: usize, dtype: DType, device: &Device) -> Result<Lwc> {
         let init = Tensor::full(LWC_INIT, (n_groups, 1), device)?.to_dtype(dtype)?;
         Ok(Lwc {

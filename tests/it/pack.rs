@@ -270,9 +270,17 @@ fn k_formats_are_the_trained_grid_and_run_with_their_adapter() {
     // At 2 bits SmolLM2 is broken by any method (perplexity in the 10⁵), where activation
     // rounding moves perplexity by tens of percent: only Q4_K is held to its twin's, within
     // what its Q5_0 fallback adds (ggml's Q5_0 of the 4-bit groups: 8.53 vs 8.25 at this seed).
-    for (format, bits, ty, fallback, tolerance) in [
-        ("q2_k", "2", GgmlType::Q2_K, GgmlType::Q4_0, None),
-        ("q4_k", "4", GgmlType::Q4_K, GgmlType::Q5_0, Some(0.05)),
+    // Q4_K starts its clipping from ggml's own ranges (--k-init ggml), Q2_K from LWC's σ(4).
+    for (format, bits, init, ty, fallback, tolerance) in [
+        ("q2_k", "2", "lwc", GgmlType::Q2_K, GgmlType::Q4_0, None),
+        (
+            "q4_k",
+            "4",
+            "ggml",
+            GgmlType::Q4_K,
+            GgmlType::Q5_0,
+            Some(0.05),
+        ),
     ] {
         let d = tempdir();
         let out = d.path().join("m.gguf");
@@ -284,6 +292,8 @@ fn k_formats_are_the_trained_grid_and_run_with_their_adapter() {
                 format,
                 "--bits",
                 bits,
+                "--k-init",
+                init,
                 "--f16-twin",
                 "--nsamples",
                 "1",
@@ -298,6 +308,7 @@ fn k_formats_are_the_trained_grid_and_run_with_their_adapter() {
             ],
         );
         let log = String::from_utf8_lossy(&o.stderr);
+        assert!(log.contains(&format!("clipping from {init}")), "{log}");
         assert!(
             log.contains(&format!(
                 "{format} fallback rows added to the calibrated weights"

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Every K format on a real model whose rows hold whole super-blocks: Qwen2.5-Coder-1.5B-Instruct
+# (scripts/fetch-qwen-coder.sh), calibrated with a tiny recipe on the CPU, written, loaded by
+# stock llama.cpp (scripts/build-stock-llama.sh) with its adapter and scored beside the source
+# and llama-quantize's own file of the same type. A smoke benchmark, not a quality result (the
+# recipe is far too small for that; the GPU recipe is docs/results-*.md's job). Not in CI.
+#   scripts/bench-qwen-k.sh [WORK]     (default .cache/bench-qwen-k; finished files are reused)
+# Environment: FORMATS ("q2_k:2 q4_k:4 q5_k:5"), NSAMPLES (2), SEQLEN (64), EPOCHS (1),
+#   CHUNKS (4, of 512 tokens of WikiText-2 test), THREADS (all cores).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+work=${1:-.cache/bench-qwen-k}
+formats=${FORMATS:-q2_k:2 q4_k:4 q5_k:5}
+chunks=${CHUNKS:-4} threads=${THREADS:-$(nproc)}
+shared=${APIQ_SHARED:-$here/../shared}
+text=$shared/data/wikitext-2-raw/wiki.test.raw
+calib=$shared/data/calib/c4.utf8
+mkdir -p "$work"
+echo "fetching the model, building ours and stock llama.cpp (first run only)" >&2
+src=$(scripts/fetch-qwen-coder.sh)
+cargo build --release --quiet
+stock=$(scripts/build-stock-llama.sh)
+bin=target/release/apiq2gguf
+
+ppl() { # MODEL [ARGS...]: llama-perplexity's final estimate
+  local m=$1; shift
+  "$stock/llama-perplexity" -m "$m" -f "$text" -c 512 --chunks "$chunks" -t "$threads" "$@" \
+    >"$m.ppl.log" 2>&1 || { echo "error: llama-perplexity failed on $m:" >&2; tail -5 "$m.ppl.log" >&2; exit 1; }
+  grep -o 'Final estimate: PPL = [0-9.]*' "$m.ppl.log" | awk '{print $5}'
+}
+mib() { awk -v b="$(stat -c %s "$1")" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+
+rows=("| source Q4_K_M | $(mib "$src") | – | $(ppl "$src") | – |")
+for f in $formats; do
+  fmt=${f%%:*} bits=${f##*:} out=$work/apiq-$fmt.gguf
+  if [ ! -f "$out" ]; then
+    echo "calibrating $fmt (${NSAMPLES:-2} × ${SEQLEN:-64} tokens, ${EPOCHS:-1} epoch)" >&2
+    t0=$SECONDS
+    "$bin" "$src" "$out" --format "$fmt" --bits "$bits" --calib "$calib" \
+      --nsamples "${NSAMPLES:-2}" --seqlen "${SEQLEN:-64}" --epochs "${EPOCHS:-1}" \
+      --lora-rank 16 --lora-type q8_0 2>"$out.log" ||
+      { echo "error: calibration $fmt failed:" >&2; tail -5 "$out.log" >&2; exit 1; }
+    echo "$((SECONDS - t0))" >"$out.seconds"
+  fi
+  lora=${out%.gguf}.lora.gguf
+  ty=$(echo "$fmt" | tr a-z A-Z)
+  theirs=$work/llama-$fmt.gguf
+  [ -f "$theirs" ] || "$stock/llama-quantize" --allow-requantize "$src" "$theirs" "$ty" \
+    >"$theirs.log" 2>&1 || { echo "error: llama-quantize $ty failed" >&2; exit 1; }
+  rows+=("| ApiQ through $ty + r16 Q8_0 adapter ($(cat "$out.seconds") s) | $(mib "$out") | $(mib "$lora") | $(ppl "$out" --lora "$lora") | $(ppl "$out") |")
+  rows+=("| llama-quantize $ty (from the Q4_K_M source, no imatrix) | $(mib "$theirs") | – | $(ppl "$theirs") | – |")
+done
+{
+  echo "Qwen2.5-Coder-1.5B-Instruct, WikiText-2 test, $chunks × 512 tokens, stock llama.cpp, $threads threads"
+  echo "on $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"
+  echo
+  echo "| row | model MiB | adapter MiB | PPL | PPL without adapter |"
+  echo "|---|---:|---:|---:|---:|"
+  printf '%s\n' "${rows[@]}"
+} | tee "$work/table.md"
