@@ -532,6 +532,15 @@ impl CalibCli {
             zero_range: None,
             kgrid: None,
         };
+        if self.format().frozen() {
+            let f = self.format().name();
+            if self.no_lora && self.method != Method::Rtn {
+                bail!("--format {f} trains only the LoRA over ggml's frozen {f}: drop --no-lora (or use --method rtn for the frozen base alone)");
+            }
+            if self.devices.len() > 1 {
+                bail!("--format {f} quantizes each block with the importance matrix of all windows, which one device sees: use --device");
+            }
+        }
         let nsamples = self.nsamples.unwrap_or(base.nsamples);
         crate::apiq::train::steps_per_epoch(nsamples, self.batch_size as usize)?;
         Ok(Recipe {
@@ -545,6 +554,7 @@ impl CalibCli {
             seed: self.seed,
             precision: compute.precision,
             k_init: self.k_init,
+            frozen_base: self.format().frozen().then(|| self.format().name()),
             ..base
         }
         .with_method_rates())

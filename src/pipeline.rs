@@ -194,8 +194,15 @@ impl Run<'_> {
         let mut reports = Vec::with_capacity(hp.n_layer);
         for layer in 0..hp.n_layer {
             let t0 = Instant::now();
-            let bw = load::block(self.src, hp, layer, DTYPE, dev)?;
+            let mut bw = load::block(self.src, hp, layer, DTYPE, dev)?;
             let ctx = || format!("block {layer}");
+            if a.export.format.frozen() {
+                let format = a.export.format;
+                bw.frozen = crate::apiq::frozen::freeze_block(hp, &rope, &bw, &q_in, |cols| {
+                    format.linear_type(cols as u64)
+                })
+                .with_context(ctx)?;
+            }
             let fp_out: Vec<Tensor> = fp_in
                 .iter()
                 .map(|x| bw.forward_fp(hp, &rope, x))
@@ -259,7 +266,7 @@ impl Run<'_> {
             };
             let mse_final = mse(&linears)?;
             let mse_rtn = mse(&train::rtn_linears(r, &bw)?)?;
-            let mse_lwc = if a.baselines && r.trains() && r.lora.is_some() {
+            let mse_lwc = if a.baselines && r.trains() && r.lora.is_some() && bw.frozen.is_empty() {
                 let lwc_recipe = Recipe {
                     lora: None,
                     ..r.clone()

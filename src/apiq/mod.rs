@@ -5,6 +5,7 @@ pub mod adamw;
 mod adamw_cuda;
 mod adamw_step;
 pub mod collective;
+pub mod frozen;
 pub mod kstart;
 pub mod parallel;
 #[cfg(feature = "nccl")]

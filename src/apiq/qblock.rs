@@ -10,7 +10,7 @@ use crate::nn::hparams::HParams;
 use crate::quant::fake_quant_op::fake_quant_fused;
 use crate::quant::lora::{Lora, LoraSpec};
 use crate::quant::quantizer::{self, fake_quant};
-use crate::quant::{kgrid, GroupedWeight, KGrid, KInit, Lwc, QuantSpec, Requantized};
+use crate::quant::{kgrid, FrozenBase, GroupedWeight, KGrid, KInit, Lwc, QuantSpec, Requantized};
 
 /// Whether a linear of this many inputs can be quantized: groups (K super-blocks) never
 /// straddle rows, and ApiQ does not pad. Other linears stay full precision (F16 in the
@@ -64,6 +64,34 @@ impl TrainLinear {
             w: w.clone(),
             quant,
             kgrid: spec.kgrid_for(in_features),
+            lora,
+        })
+    }
+
+    /// A linear whose weight is a frozen quantization by ggml: only its LoRA trains.
+    pub fn over_frozen(
+        base: &FrozenBase,
+        w: &Tensor,
+        lora: Option<(&LoraSpec, u64)>,
+    ) -> Result<TrainLinear> {
+        let (out_features, in_features) = w.dims2()?;
+        let wq = Tensor::from_slice(&base.weight, (out_features, in_features), w.device())?
+            .to_dtype(w.dtype())?;
+        let lora = match lora {
+            Some((ls, seed)) => Some(Lora::new(
+                ls,
+                in_features,
+                out_features,
+                seed,
+                w.dtype(),
+                w.device(),
+            )?),
+            None => None,
+        };
+        Ok(TrainLinear {
+            w: wq,
+            quant: None,
+            kgrid: None,
             lora,
         })
     }
@@ -210,6 +238,31 @@ impl FinalLinear {
             _ => None,
         };
         Ok(FinalLinear { q, w: wq, lora })
+    }
+
+    /// A frozen base with the learned LoRA (if any).
+    pub fn over_frozen(
+        base: &FrozenBase,
+        w: &Tensor,
+        learned: &Learned,
+        lora: Option<&LoraSpec>,
+    ) -> Result<FinalLinear> {
+        let (out, inp) = w.dims2()?;
+        let dev = w.device();
+        let wq = Tensor::from_slice(&base.weight, (out, inp), dev)?.to_dtype(w.dtype())?;
+        let lora = match (&learned.lora, lora) {
+            (Some((a, b)), Some(ls)) => Some((
+                Tensor::from_slice(a, (ls.rank, inp), dev)?.to_dtype(w.dtype())?,
+                Tensor::from_slice(b, (out, ls.rank), dev)?.to_dtype(w.dtype())?,
+                ls.scaling(),
+            )),
+            _ => None,
+        };
+        Ok(FinalLinear {
+            q: Some(Requantized::Frozen(base.clone())),
+            w: wq,
+            lora,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {

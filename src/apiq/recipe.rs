@@ -47,6 +47,9 @@ pub struct Recipe {
     pub seed: u64,
     /// Operand precision of the trained block's matrix products.
     pub precision: Precision,
+    /// The ggml type of a frozen base that only the LoRA trains over (the IQ formats).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frozen_base: Option<&'static str>,
     /// Where a K grid's clipping starts.
     #[serde(skip_serializing_if = "KInit::is_lwc")]
     pub k_init: KInit,
@@ -78,6 +81,7 @@ impl Default for Recipe {
             batch: 1,
             seed: 2,
             precision: Precision::F32,
+            frozen_base: None,
             k_init: KInit::Lwc,
         }
     }

@@ -56,12 +56,17 @@ pub(crate) fn new_linears(
     with_lora: bool,
 ) -> Result<Vec<TrainLinear>> {
     let lora = if with_lora { r.lora.as_ref() } else { None };
-    let mut linears = bw
-        .w
-        .iter()
-        .enumerate()
-        .map(|(i, w)| TrainLinear::new(w, &r.quant, lora.map(|l| (l, lora_seed(r.seed, layer, i)))))
-        .collect::<candle_core::Result<Vec<_>>>()?;
+    let mut linears =
+        bw.w.iter()
+            .enumerate()
+            .map(|(i, w)| {
+                let lora = lora.map(|l| (l, lora_seed(r.seed, layer, i)));
+                match bw.frozen.get(i) {
+                    Some(base) => TrainLinear::over_frozen(base, w, lora),
+                    None => TrainLinear::new(w, &r.quant, lora),
+                }
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
     for l in &mut linears {
         l.start_from(r.k_init)?;
     }
@@ -570,7 +575,11 @@ pub fn finalize(r: &Recipe, bw: &BlockWeights, learned: &[Learned]) -> Result<Ve
         .w
         .iter()
         .zip(learned)
-        .map(|(w, l)| FinalLinear::new(&r.quant, w, l, r.lora.as_ref()))
+        .enumerate()
+        .map(|(i, (w, l))| match bw.frozen.get(i) {
+            Some(base) => FinalLinear::over_frozen(base, w, l, r.lora.as_ref()),
+            None => FinalLinear::new(&r.quant, w, l, r.lora.as_ref()),
+        })
         .collect::<candle_core::Result<Vec<_>>>()?)
 }
 
@@ -681,6 +690,7 @@ mod tests {
                 bias: [None, None, None],
             },
             w: shapes.iter().map(|&s| randn(s, 0.5, &dev)).collect(),
+            frozen: Vec::new(),
         };
         let rope = Rope::new(&hp, l, DType::F64, &dev)
             .unwrap()

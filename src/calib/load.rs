@@ -53,6 +53,7 @@ pub fn block(
             bias: [bias("attn_q")?, bias("attn_k")?, bias("attn_v")?],
         },
         w,
+        frozen: Vec::new(),
     })
 }
 

@@ -74,10 +74,13 @@ fn calibrate(
     let r = &args.recipe;
     args.export.format.check(&r.quant)?;
     eprintln!(
-        "calibrating {} with {} into {}: {}{}-bit g{} {}, {}, {} windows x {} tokens{}, {} epochs, seed {}, {} ({}{})",
+        "calibrating {} with {} into {}: {}{}{}-bit g{} {}, {}, {} windows x {} tokens{}, {} epochs, seed {}, {} ({}{})",
         args.model.display(),
         clap::ValueEnum::to_possible_value(&r.method).map_or_else(String::new, |v| v.get_name().to_string()),
         args.export.format.name(),
+        r.frozen_base.map_or(String::new(), |f| format!(
+            "LoRA only, over ggml's frozen {f} (importance matrix of the quantized chain; rows of no whole super-block in llama-quantize's fallback), not "
+        )),
         r.quant.kgrid.map_or(String::new(), |k| format!(
             "rows of whole 256-value super-blocks through {}'s grid ({}-bit, sub-blocks of {}, clipping from {}), the others ",
             k.name(),

@@ -239,7 +239,7 @@ fn tensor_type(
     }
     let row = t.ne[0];
     if linear_of(&t.name).is_some() {
-        return if quantizable(row as usize, spec) {
+        return if format.frozen() || quantizable(row as usize, spec) {
             format.linear_type(row)
         } else {
             GgmlType::F16

@@ -19,7 +19,26 @@ fn check_known(ty: GgmlType) -> Result<()> {
 
 /// Rows of `n_per_row` f32 values quantized to `ty` by `ggml_quantize_chunk` (no imatrix).
 pub fn quantize(ty: GgmlType, x: &[f32], n_per_row: usize) -> Result<Vec<u8>> {
+    quantize_imatrix(ty, x, n_per_row, None)
+}
+
+/// [`quantize`] with an importance matrix: one weight per column (`n_per_row` values), as
+/// `llama-imatrix` computes them (the mean squared input activation of each column).
+pub fn quantize_imatrix(
+    ty: GgmlType,
+    x: &[f32],
+    n_per_row: usize,
+    imatrix: Option<&[f32]>,
+) -> Result<Vec<u8>> {
     check_known(ty)?;
+    if let Some(im) = imatrix {
+        if im.len() != n_per_row {
+            bail!(
+                "an importance matrix of {} values for rows of {n_per_row}",
+                im.len()
+            );
+        }
+    }
     if n_per_row == 0 || !x.len().is_multiple_of(n_per_row) {
         bail!("{} values are not whole rows of {n_per_row}", x.len());
     }
@@ -31,11 +50,12 @@ pub fn quantize(ty: GgmlType, x: &[f32], n_per_row: usize) -> Result<Vec<u8>> {
     };
     let nrows = x.len() / n_per_row;
     let mut out = vec![0u8; row as usize * nrows];
-    // SAFETY: `out` holds exactly nrows rows of ty's row size, `x` nrows × n_per_row floats;
-    // the type needs no imatrix (checked) and its tables are initialised first.
+    // SAFETY: `out` holds exactly nrows rows of ty's row size, `x` nrows × n_per_row floats,
+    // the imatrix (if any) n_per_row floats; a type that needs an imatrix gets one (checked)
+    // and its tables are initialised first.
     unsafe {
         let t = ty.id as llama_cpp_sys_2::ggml_type;
-        if llama_cpp_sys_2::ggml_quantize_requires_imatrix(t) {
+        if imatrix.is_none() && llama_cpp_sys_2::ggml_quantize_requires_imatrix(t) {
             bail!("{ty} needs an importance matrix");
         }
         llama_cpp_sys_2::ggml_quantize_init(t);
@@ -46,7 +66,7 @@ pub fn quantize(ty: GgmlType, x: &[f32], n_per_row: usize) -> Result<Vec<u8>> {
             0,
             nrows as i64,
             n_per_row as i64,
-            std::ptr::null(),
+            imatrix.map_or(std::ptr::null(), <[f32]>::as_ptr),
         );
         debug_assert_eq!(n, out.len());
     }

@@ -6,11 +6,15 @@ use candle_core::{Result, Tensor, D};
 
 use super::block::{self, BlockNorms, Rope};
 use super::hparams::HParams;
+use crate::quant::FrozenBase;
 
 /// Frozen weights of one block: norms, biases and the seven `[out, in]` matrices.
 pub struct BlockWeights {
     pub norms: BlockNorms,
     pub w: Vec<Tensor>,
+    /// Per linear, a frozen quantization by ggml that only the LoRA trains over; empty
+    /// unless the format is one (`apiq::frozen`).
+    pub frozen: Vec<FrozenBase>,
 }
 
 impl BlockWeights {

@@ -33,6 +33,23 @@ pub enum Format {
     /// fallback Q5_1.
     #[value(name = "q5_k")]
     Q5K,
+    /// IQ2_XXS (2.06 bpw): ggml's own quantization with the chain's importance matrix, frozen;
+    /// only the LoRA trains over it (as IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S). Rows not a multiple of
+    /// 256 fall back to IQ4_NL as llama-quantize does.
+    #[value(name = "iq2_xxs")]
+    Iq2Xxs,
+    /// IQ2_XS (2.31 bpw), frozen base + LoRA.
+    #[value(name = "iq2_xs")]
+    Iq2Xs,
+    /// IQ2_S (2.5 bpw), frozen base + LoRA.
+    #[value(name = "iq2_s")]
+    Iq2S,
+    /// IQ3_XXS (3.06 bpw), frozen base + LoRA.
+    #[value(name = "iq3_xxs")]
+    Iq3Xxs,
+    /// IQ3_S (3.44 bpw), frozen base + LoRA.
+    #[value(name = "iq3_s")]
+    Iq3S,
     /// F16 values on the learned grid (fake-quant): any runtime, and for checking the others.
     F16,
 }
@@ -92,6 +109,11 @@ impl Format {
             Format::Q2K => "q2_k",
             Format::Q4K => "q4_k",
             Format::Q5K => "q5_k",
+            Format::Iq2Xxs => "iq2_xxs",
+            Format::Iq2Xs => "iq2_xs",
+            Format::Iq2S => "iq2_s",
+            Format::Iq3Xxs => "iq3_xxs",
+            Format::Iq3S => "iq3_s",
             Format::F16 => "f16",
         }
     }
@@ -116,6 +138,11 @@ impl Format {
             Format::Q2K => GgmlType::Q2_K,
             Format::Q4K => GgmlType::Q4_K,
             Format::Q5K => GgmlType::Q5_K,
+            Format::Iq2Xxs => GgmlType::IQ2_XXS,
+            Format::Iq2Xs => GgmlType::IQ2_XS,
+            Format::Iq2S => GgmlType::IQ2_S,
+            Format::Iq3Xxs => GgmlType::IQ3_XXS,
+            Format::Iq3S => GgmlType::IQ3_S,
             Format::F16 => GgmlType::F16,
         }
     }
@@ -130,6 +157,11 @@ impl Format {
             // Q4_K_S / Q5_K_S: every linear in the type, as ours are.
             Format::Q4K => 14,
             Format::Q5K => 16,
+            Format::Iq2Xxs => 19,
+            Format::Iq2Xs => 20,
+            Format::Iq2S => 28,
+            Format::Iq3Xxs => 23,
+            Format::Iq3S => 26,
             Format::F16 => 1,
         }
     }
@@ -167,6 +199,14 @@ impl Format {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether the linears are a frozen quantization by ggml that only the LoRA trains over.
+    pub fn frozen(self) -> bool {
+        matches!(
+            self,
+            Format::Iq2Xxs | Format::Iq2Xs | Format::Iq2S | Format::Iq3Xxs | Format::Iq3S
+        )
     }
 
     /// The K grid the format's linears are calibrated through.
@@ -211,14 +251,18 @@ impl Format {
             EmbedType::Q4K => GgmlType::Q4_K,
             EmbedType::Auto if self == Format::F16 => GgmlType::F16,
             EmbedType::Auto if is_output || tied => {
-                if row_len.is_multiple_of(self.ggml_type().block_size as u64) {
-                    GgmlType::Q6_K
-                } else {
+                if !row_len.is_multiple_of(self.ggml_type().block_size as u64) {
                     GgmlType::Q8_0
+                } else if self.frozen() && self != Format::Iq3S {
+                    GgmlType::Q5_K
+                } else {
+                    GgmlType::Q6_K
                 }
             }
             EmbedType::Auto => match self {
                 Format::Apiq2 | Format::Q2_0 => GgmlType::Q4_K,
+                Format::Iq2Xxs | Format::Iq2Xs => GgmlType::Q2_K,
+                Format::Iq2S | Format::Iq3Xxs => GgmlType::IQ3_S,
                 other => other.ggml_type(),
             },
         };
@@ -232,7 +276,15 @@ fn fallback(ty: GgmlType, row_len: u64) -> GgmlType {
         return ty;
     }
     let next = match ty {
-        GgmlType::Q2_0 | GgmlType::Q2_K | GgmlType::APIQ2 => GgmlType::Q4_0,
+        GgmlType::Q2_0 | GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::APIQ2 => GgmlType::Q4_0,
+        GgmlType::IQ2_XXS
+        | GgmlType::IQ2_XS
+        | GgmlType::IQ2_S
+        | GgmlType::IQ3_XXS
+        | GgmlType::IQ3_S
+        | GgmlType::IQ1_S
+        | GgmlType::IQ1_M
+        | GgmlType::IQ4_XS => GgmlType::IQ4_NL,
         GgmlType::Q4_K => GgmlType::Q5_0,
         GgmlType::Q5_K => GgmlType::Q5_1,
         GgmlType::Q6_K => GgmlType::Q8_0,
@@ -258,6 +310,16 @@ mod tests {
         assert_eq!(Format::Q4K.linear_type(576), GgmlType::Q5_0);
         assert_eq!(Format::Q5K.linear_type(576), GgmlType::Q5_1);
         assert_eq!(Format::Q4K.linear_type(1536), GgmlType::Q4_K);
+        assert_eq!(Format::Iq2Xs.linear_type(576), GgmlType::IQ4_NL);
+        assert_eq!(Format::Iq2Xs.linear_type(1536), GgmlType::IQ2_XS);
+        assert_eq!(
+            Format::Iq2Xs.embed_type(true, false, 1536, EmbedType::Auto),
+            GgmlType::Q5_K
+        );
+        assert_eq!(
+            Format::Iq2S.embed_type(false, false, 1536, EmbedType::Auto),
+            GgmlType::IQ3_S
+        );
         for f in [Format::Apiq2, Format::Q2_0, Format::Q4_1, Format::Q2K] {
             assert_eq!(
                 f.embed_type(false, true, 576, EmbedType::Auto),

@@ -26,6 +26,7 @@ pub fn encode_linear(
 ) -> Result<MappingError> {
     let mut err = MappingError::default();
     let raw = match (ty, q) {
+        (_, Requantized::Frozen(f)) if f.ty == ty => f.raw.clone(),
         (_, Requantized::K(k)) if kquants::grid_of(ty) == Some(k.grid) => kquants::encode(k)?,
         (_, Requantized::Groups(_)) | (_, Requantized::K(_)) if kquants::grid_of(ty).is_some() => {
             bail!("{ty} holds only weights calibrated through its own grid")
@@ -67,6 +68,13 @@ pub fn decode_linear(ty: GgmlType, raw: &[u8]) -> Result<Vec<f32>> {
         GgmlType::Q2_0 => blocks::decode_q2_0(raw),
         GgmlType::Q4_1 => blocks::decode_q4_1(raw),
         GgmlType::Q4_0 => blocks::decode_q4_0(raw),
+        // Frozen bases are ggml's bytes: ggml's own dequantizer is their reference.
+        GgmlType::IQ2_XXS
+        | GgmlType::IQ2_XS
+        | GgmlType::IQ2_S
+        | GgmlType::IQ3_XXS
+        | GgmlType::IQ3_S
+        | GgmlType::IQ4_NL => stock::dequantize(ty, raw),
         other => {
             let n = raw.len() / other.type_size * other.block_size;
             crate::ggml::convert::decode(other, raw, n)

@@ -13,4 +13,4 @@ pub mod ste;
 
 pub use kspec::{KGrid, KInit};
 pub use quantizer::{GroupedWeight, Lwc, QuantSpec};
-pub use requantized::Requantized;
+pub use requantized::{FrozenBase, Requantized};

@@ -3,6 +3,17 @@
 
 use super::kgrid::KQuantized;
 use super::quantizer::Quantized;
+use crate::ggml::GgmlType;
+
+/// A linear quantized once by ggml's own quantizer, never trained: its bytes as ggml wrote
+/// them and their values.
+#[derive(Debug, Clone)]
+pub struct FrozenBase {
+    pub ty: GgmlType,
+    pub raw: Vec<u8>,
+    /// `[out, in]` row-major, as ggml dequantizes `raw`.
+    pub weight: Vec<f32>,
+}
 
 #[derive(Debug, Clone)]
 pub enum Requantized {
@@ -10,6 +21,8 @@ pub enum Requantized {
     Groups(Quantized),
     /// Exactly the K type it was trained through.
     K(KQuantized),
+    /// ggml's bytes unchanged (only the LoRA was trained over them).
+    Frozen(FrozenBase),
 }
 
 impl Requantized {
@@ -18,6 +31,7 @@ impl Requantized {
         match self {
             Requantized::Groups(q) => &q.weight,
             Requantized::K(k) => &k.weight,
+            Requantized::Frozen(f) => &f.weight,
         }
     }
 }

@@ -431,3 +431,69 @@ fn formats_refuse_grids_they_cannot_hold() {
         );
     }
 }
+
+#[test]
+fn lora_over_a_frozen_iq_base_keeps_ggml_bytes_and_runs_with_its_adapter() {
+    // SmolLM2's ffn_down (1536 inputs) is IQ2_XS as ggml's quantizer wrote it with the chain's
+    // importance matrix; the 576-wide linears IQ4_NL (llama-quantize's fallback). Only the LoRA
+    // trains: the diagnostic's "rtn" is the frozen base alone, which the LoRA must beat.
+    let d = tempdir();
+    let out = d.path().join("m.gguf");
+    let o = calibrate_quick(
+        &smollm2_gguf(),
+        &out,
+        &[
+            "--format",
+            "iq2_xs",
+            "--f16-twin",
+            "--nsamples",
+            "2",
+            "--seqlen",
+            "32",
+            "--epochs",
+            "3",
+            "--lora-rank",
+            "8",
+            "--calib-max-bytes",
+            "20000",
+        ],
+    );
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        log.contains("LoRA only, over ggml's frozen iq2_xs"),
+        "{log}"
+    );
+    assert_eq!(assert_packed_equals_twin(&out, GgmlType::IQ2_XS), 30);
+    assert_eq!(assert_packed_equals_twin(&out, GgmlType::IQ4_NL), 30 * 6);
+    let p = GgufFile::open(&out).unwrap();
+    assert_eq!(p.get_u64("general.file_type"), Some(20));
+    // The LoRA lowers the block output error below the frozen base's in most blocks.
+    let (mut better, mut blocks) = (0, 0);
+    for line in log
+        .lines()
+        .filter(|l| l.contains(" mse ") && l.contains("(rtn "))
+    {
+        let num = |key: &str| -> f64 {
+            let at = line.find(key).unwrap() + key.len();
+            line[at..]
+                .split([' ', ')'])
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        blocks += 1;
+        better += usize::from(num(" mse ") < num("(rtn "));
+    }
+    assert_eq!(blocks, 30, "{log}");
+    assert!(
+        better >= 24,
+        "LoRA beat the frozen base in {better} of 30 blocks:\n{log}"
+    );
+    let lora = sibling(&out, ".lora.gguf");
+    let (with, without) = (
+        ppl_with_lora(&out, &lora),
+        perplexity(&out, &tiny_text(), 256, 20),
+    );
+    assert!(with.is_finite() && without.is_finite(), "{with} {without}");
+}
