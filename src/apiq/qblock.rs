@@ -25,6 +25,38 @@ fn clip_len(in_features: usize, spec: &QuantSpec) -> usize {
         .map_or(spec.group_size, KGrid::sub_len)
 }
 
+/// A fresh LoRA pair for a linear of `w`'s type and device.
+fn new_lora(
+    lora: Option<(&LoraSpec, u64)>,
+    in_features: usize,
+    out_features: usize,
+    w: &Tensor,
+) -> Result<Option<Lora>> {
+    lora.map(|(ls, seed)| Lora::new(ls, in_features, out_features, seed, w.dtype(), w.device()))
+        .transpose()
+}
+
+/// The learned LoRA pair (A `[r, in]`, B `[out, r]`, scaling) in `w`'s type and device.
+pub type FinalLora = (Tensor, Tensor, f64);
+
+fn learned_lora(
+    learned: &Learned,
+    lora: Option<&LoraSpec>,
+    inp: usize,
+    out: usize,
+    w: &Tensor,
+) -> Result<Option<FinalLora>> {
+    let dev = w.device();
+    Ok(match (&learned.lora, lora) {
+        (Some((a, b)), Some(ls)) => Some((
+            Tensor::from_slice(a, (ls.rank, inp), dev)?.to_dtype(w.dtype())?,
+            Tensor::from_slice(b, (out, ls.rank), dev)?.to_dtype(w.dtype())?,
+            ls.scaling(),
+        )),
+        _ => None,
+    })
+}
+
 pub struct TrainLinear {
     /// The frozen FP weight `[out, in]`.
     pub w: Tensor,
@@ -49,17 +81,7 @@ impl TrainLinear {
         } else {
             None
         };
-        let lora = match lora {
-            Some((ls, seed)) => Some(Lora::new(
-                ls,
-                in_features,
-                out_features,
-                seed,
-                w.dtype(),
-                w.device(),
-            )?),
-            None => None,
-        };
+        let lora = new_lora(lora, in_features, out_features, w)?;
         Ok(TrainLinear {
             w: w.clone(),
             quant,
@@ -77,17 +99,7 @@ impl TrainLinear {
         let (out_features, in_features) = w.dims2()?;
         let wq = Tensor::from_slice(&base.weight, (out_features, in_features), w.device())?
             .to_dtype(w.dtype())?;
-        let lora = match lora {
-            Some((ls, seed)) => Some(Lora::new(
-                ls,
-                in_features,
-                out_features,
-                seed,
-                w.dtype(),
-                w.device(),
-            )?),
-            None => None,
-        };
+        let lora = new_lora(lora, in_features, out_features, w)?;
         Ok(TrainLinear {
             w: wq,
             quant: None,
@@ -192,7 +204,7 @@ pub struct FinalLinear {
     /// `[out, in]` on the device: `d·q + m`, or the FP weight.
     pub w: Tensor,
     /// `[r, in]`, `[out, r]` and the scaling.
-    pub lora: Option<(Tensor, Tensor, f64)>,
+    pub lora: Option<FinalLora>,
 }
 
 impl FinalLinear {
@@ -229,14 +241,7 @@ impl FinalLinear {
             Some(q) => Tensor::from_slice(q.weight(), (out, inp), dev)?.to_dtype(w.dtype())?,
             None => w.clone(),
         };
-        let lora = match (&learned.lora, lora) {
-            (Some((a, b)), Some(ls)) => Some((
-                Tensor::from_slice(a, (ls.rank, inp), dev)?.to_dtype(w.dtype())?,
-                Tensor::from_slice(b, (out, ls.rank), dev)?.to_dtype(w.dtype())?,
-                ls.scaling(),
-            )),
-            _ => None,
-        };
+        let lora = learned_lora(learned, lora, inp, out, w)?;
         Ok(FinalLinear { q, w: wq, lora })
     }
 
@@ -250,14 +255,7 @@ impl FinalLinear {
         let (out, inp) = w.dims2()?;
         let dev = w.device();
         let wq = Tensor::from_slice(&base.weight, (out, inp), dev)?.to_dtype(w.dtype())?;
-        let lora = match (&learned.lora, lora) {
-            (Some((a, b)), Some(ls)) => Some((
-                Tensor::from_slice(a, (ls.rank, inp), dev)?.to_dtype(w.dtype())?,
-                Tensor::from_slice(b, (out, ls.rank), dev)?.to_dtype(w.dtype())?,
-                ls.scaling(),
-            )),
-            _ => None,
-        };
+        let lora = learned_lora(learned, lora, inp, out, w)?;
         Ok(FinalLinear {
             q: Some(Requantized::Frozen(base.clone())),
             w: wq,

@@ -73,24 +73,34 @@ fn calibrate(
     };
     let r = &args.recipe;
     args.export.format.check(&r.quant)?;
-    eprintln!(
-        "calibrating {} with {} into {}: {}{}{}-bit g{} {}, {}, {} windows x {} tokens{}, {} epochs, seed {}, {} ({}{})",
-        args.model.display(),
-        clap::ValueEnum::to_possible_value(&r.method).map_or_else(String::new, |v| v.get_name().to_string()),
-        args.export.format.name(),
-        r.frozen_base.map_or(String::new(), |f| format!(
-            "LoRA only, over ggml's frozen {f} (importance matrix of the quantized chain; rows of no whole super-block in llama-quantize's fallback), not "
-        )),
-        r.quant.kgrid.map_or(String::new(), |k| format!(
-            "rows of whole 256-value super-blocks through {}'s grid ({}-bit, sub-blocks of {}, clipping from {}), the others ",
+    let groups = format!(
+        "{}-bit g{} {}",
+        r.quant.bits,
+        r.quant.group_size,
+        if r.quant.symmetric {
+            "symmetric"
+        } else {
+            "asymmetric"
+        }
+    );
+    let grid = match (r.frozen_base, r.quant.kgrid) {
+        (Some(f), _) => format!(
+            "ggml's {f} with the importance matrix of the quantized chain, frozen (rows of no whole super-block: llama-quantize's fallback)"
+        ),
+        (None, Some(k)) => format!(
+            "rows of whole 256-value super-blocks through {}'s grid ({}-bit, sub-blocks of {}, clipping from {}), the others {groups}",
             k.name(),
             k.bits(),
             k.sub_len(),
             clap::ValueEnum::to_possible_value(&r.k_init).map_or_else(String::new, |v| v.get_name().to_string()),
-        )),
-        r.quant.bits,
-        r.quant.group_size,
-        if r.quant.symmetric { "symmetric" } else { "asymmetric" },
+        ),
+        (None, None) => groups,
+    };
+    eprintln!(
+        "calibrating {} with {} into {}: {grid}, {}, {} windows x {} tokens{}, {} epochs, seed {}, {} ({}{})",
+        args.model.display(),
+        clap::ValueEnum::to_possible_value(&r.method).map_or_else(String::new, |v| v.get_name().to_string()),
+        args.export.format.name(),
         r.lora.map_or("no LoRA".to_string(), |l| format!("LoRA r{} alpha {}", l.rank, l.alpha)),
         r.nsamples,
         r.seqlen,

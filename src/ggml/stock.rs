@@ -49,27 +49,41 @@ pub fn quantize_imatrix(
         );
     };
     let nrows = x.len() / n_per_row;
-    let mut out = vec![0u8; row as usize * nrows];
-    // SAFETY: `out` holds exactly nrows rows of ty's row size, `x` nrows × n_per_row floats,
-    // the imatrix (if any) n_per_row floats; a type that needs an imatrix gets one (checked)
-    // and its tables are initialised first.
+    let row = row as usize;
+    let mut out = vec![0u8; row * nrows];
+    let t = ty.id as llama_cpp_sys_2::ggml_type;
+    // SAFETY: plain queries; the type's tables are initialised once, before any thread.
     unsafe {
-        let t = ty.id as llama_cpp_sys_2::ggml_type;
         if imatrix.is_none() && llama_cpp_sys_2::ggml_quantize_requires_imatrix(t) {
             bail!("{ty} needs an importance matrix");
         }
         llama_cpp_sys_2::ggml_quantize_init(t);
-        let n = llama_cpp_sys_2::ggml_quantize_chunk(
-            t,
-            x.as_ptr(),
-            out.as_mut_ptr().cast(),
-            0,
-            nrows as i64,
-            n_per_row as i64,
-            imatrix.map_or(std::ptr::null(), <[f32]>::as_ptr),
-        );
-        debug_assert_eq!(n, out.len());
     }
+    // Rows quantize independently (the imatrix is per column), so the rows are shared out
+    // over the cores as llama-quantize does: the IQ searches are slow.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = nrows.div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        for (xs, os) in x.chunks(per * n_per_row).zip(out.chunks_mut(per * row)) {
+            scope.spawn(move || {
+                let n = os.len() / row;
+                // SAFETY: `os` holds exactly n rows of ty's row size, `xs` n × n_per_row floats,
+                // the imatrix (if any) n_per_row floats (checked above).
+                let written = unsafe {
+                    llama_cpp_sys_2::ggml_quantize_chunk(
+                        t,
+                        xs.as_ptr(),
+                        os.as_mut_ptr().cast(),
+                        0,
+                        n as i64,
+                        n_per_row as i64,
+                        imatrix.map_or(std::ptr::null(), <[f32]>::as_ptr),
+                    )
+                };
+                debug_assert_eq!(written, os.len());
+            });
+        }
+    });
     Ok(out)
 }
 

@@ -29,7 +29,7 @@ use candle_core::{DType, Result, Tensor};
 use half::f16;
 
 use super::kspec::KGrid;
-use super::quantizer::GroupedWeight;
+use super::quantizer::{clip_factors, GroupedWeight};
 use super::ste::{clamp_inclusive, round_ste};
 
 const S_MIN: f64 = 1e-5;
@@ -115,13 +115,7 @@ pub fn requantize(
     gamma: &Tensor,
     beta: &Tensor,
 ) -> Result<KQuantized> {
-    let sg: Vec<f32> = sigmoid(&gamma.to_dtype(DType::F32)?)?
-        .flatten_all()?
-        .to_vec1()?;
-    let sb: Vec<f32> = sigmoid(&beta.to_dtype(DType::F32)?)?
-        .flatten_all()?
-        .to_vec1()?;
-    quantize_with_clip(k, gw, &sg, &sb)
+    quantize_with_clip(k, gw, &clip_factors(gamma)?, &clip_factors(beta)?)
 }
 
 /// Round-to-nearest through the grid over each sub-block's full range (no clipping).

@@ -179,6 +179,13 @@ fn f16_round(x: f32) -> f32 {
     half::f16::from_f32(x).to_f32()
 }
 
+/// σ of the logits, in f32 on the host, as the forward computes them (candle's sigmoid).
+pub(crate) fn clip_factors(logits: &Tensor) -> Result<Vec<f32>> {
+    sigmoid(&logits.to_dtype(DType::F32)?)?
+        .flatten_all()?
+        .to_vec1()
+}
+
 /// Requantizes with the scale rounded to f16, from the trained logits. All arithmetic in f32
 /// on the host: this is the format's reference, so it must not depend on the device.
 pub fn requantize(
@@ -187,13 +194,7 @@ pub fn requantize(
     gamma: &Tensor,
     beta: &Tensor,
 ) -> Result<Quantized> {
-    let sg: Vec<f32> = sigmoid(&gamma.to_dtype(DType::F32)?)?
-        .flatten_all()?
-        .to_vec1()?;
-    let sb: Vec<f32> = sigmoid(&beta.to_dtype(DType::F32)?)?
-        .flatten_all()?
-        .to_vec1()?;
-    quantize_with_clip(spec, gw, &sg, &sb)
+    quantize_with_clip(spec, gw, &clip_factors(gamma)?, &clip_factors(beta)?)
 }
 
 /// Plain round-to-nearest over each group's full range (the RTN baseline: no clipping).

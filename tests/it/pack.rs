@@ -415,6 +415,14 @@ fn formats_refuse_grids_they_cannot_hold() {
             &["--format", "q4_1", "--bits", "5"][..],
             "q4_1 holds up to 4-bit",
         ),
+        (
+            &["--format", "iq2_xs", "--no-lora"][..],
+            "trains only the LoRA",
+        ),
+        (
+            &["--format", "iq2_xs", "--devices", "cpu,cpu"][..],
+            "use --device",
+        ),
     ] {
         let mut args: Vec<&std::ffi::OsStr> = vec![model.as_os_str(), out.as_os_str()];
         args.extend(flags.iter().map(std::ffi::OsStr::new));
@@ -460,7 +468,7 @@ fn lora_over_a_frozen_iq_base_keeps_ggml_bytes_and_runs_with_its_adapter() {
     );
     let log = String::from_utf8_lossy(&o.stderr);
     assert!(
-        log.contains("LoRA only, over ggml's frozen iq2_xs"),
+        log.contains("ggml's iq2_xs with the importance matrix"),
         "{log}"
     );
     assert_eq!(assert_packed_equals_twin(&out, GgmlType::IQ2_XS), 30);

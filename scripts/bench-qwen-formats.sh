@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
-# Every K format on a real model whose rows hold whole super-blocks: Qwen2.5-Coder-1.5B-Instruct
+# Every stock-type format (K grids, LoRA over frozen IQ bases) on a real model whose rows hold
+# whole super-blocks: Qwen2.5-Coder-1.5B-Instruct
 # (scripts/fetch-qwen-coder.sh), calibrated with a tiny recipe on the CPU, written, loaded by
 # stock llama.cpp (scripts/build-stock-llama.sh) with its adapter and scored beside the source
-# and llama-quantize's own file of the same type. A smoke benchmark, not a quality result (the
+# and llama-quantize's own file of the same type (IQ types with llama-imatrix's importance
+# matrix from the same calibration text). A smoke benchmark, not a quality result (the
 # recipe is far too small for that; the GPU recipe is docs/results-*.md's job). Not in CI.
-#   scripts/bench-qwen-k.sh [WORK]     (default .cache/bench-qwen-k; finished files are reused)
-# Environment: FORMATS ("q2_k:2 q4_k:4 q5_k:5"), NSAMPLES (2), SEQLEN (64), EPOCHS (1),
+#   scripts/bench-qwen-formats.sh [WORK]  (default .cache/bench-qwen; finished files are reused)
+# Environment: FORMATS ("q2_k:2 q4_k:4 q5_k:5 iq2_xs:2"), NSAMPLES (2), SEQLEN (64), EPOCHS (1),
 #   CHUNKS (4, of 512 tokens of WikiText-2 test), THREADS (all cores).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
-work=${1:-.cache/bench-qwen-k}
-formats=${FORMATS:-q2_k:2 q4_k:4 q5_k:5}
+work=${1:-.cache/bench-qwen}
+formats=${FORMATS:-q2_k:2 q4_k:4 q5_k:5 iq2_xs:2}
 chunks=${CHUNKS:-4} threads=${THREADS:-$(nproc)}
 shared=${APIQ_SHARED:-$here/../shared}
 text=$shared/data/wikitext-2-raw/wiki.test.raw
@@ -45,11 +47,18 @@ for f in $formats; do
   fi
   lora=${out%.gguf}.lora.gguf
   ty=$(echo "$fmt" | tr a-z A-Z)
-  theirs=$work/llama-$fmt.gguf
-  [ -f "$theirs" ] || "$stock/llama-quantize" --allow-requantize "$src" "$theirs" "$ty" \
+  theirs=$work/llama-$fmt.gguf qflags=() how="no imatrix" ours="ApiQ through $ty"
+  if [[ $fmt == iq* ]]; then
+    im=$work/imatrix.gguf
+    [ -f "$im" ] || "$stock/llama-imatrix" -m "$src" -f "$calib" -c 512 --chunks "${IM_CHUNKS:-16}" \
+      -t "$threads" -o "$im" >"$im.log" 2>&1 || { echo "error: llama-imatrix failed" >&2; exit 1; }
+    qflags=(--imatrix "$im") how="imatrix of ${IM_CHUNKS:-16} × 512 calibration tokens"
+    ours="LoRA over frozen $ty"
+  fi
+  [ -f "$theirs" ] || "$stock/llama-quantize" --allow-requantize "${qflags[@]}" "$src" "$theirs" "$ty" \
     >"$theirs.log" 2>&1 || { echo "error: llama-quantize $ty failed" >&2; exit 1; }
-  rows+=("| ApiQ through $ty + r16 Q8_0 adapter ($(cat "$out.seconds") s) | $(mib "$out") | $(mib "$lora") | $(ppl "$out" --lora "$lora") | $(ppl "$out") |")
-  rows+=("| llama-quantize $ty (from the Q4_K_M source, no imatrix) | $(mib "$theirs") | – | $(ppl "$theirs") | – |")
+  rows+=("| $ours + r16 Q8_0 adapter ($(cat "$out.seconds") s) | $(mib "$out") | $(mib "$lora") | $(ppl "$out" --lora "$lora") | $(ppl "$out") |")
+  rows+=("| llama-quantize $ty (from the Q4_K_M source, $how) | $(mib "$theirs") | – | $(ppl "$theirs") | – |")
 done
 {
   echo "Qwen2.5-Coder-1.5B-Instruct, WikiText-2 test, $chunks × 512 tokens, stock llama.cpp, $threads threads"
