@@ -10,6 +10,7 @@ use crate::apiq::recipe::{Method, Recipe};
 use crate::export::calibrated::ExportOptions;
 use crate::export::model::OutType;
 use crate::nn::compute::{Compute, Precision};
+use crate::pack::overrides::TensorType;
 use crate::pack::{EmbedType, Format, LoraType};
 use crate::quant::lora::LoraSpec;
 use crate::quant::{KInit, QuantSpec};
@@ -153,6 +154,13 @@ pub struct CalibCli {
     /// Type of the adapter's tensors (q8_0 halves its size; rows not a multiple of 32 stay F16).
     #[arg(long, value_enum, default_value_t = LoraType::F16, help_heading = "Output")]
     pub lora_type: LoraType,
+    /// llama-quantize's --tensor-type: the first PATTERN (a regular expression searched in the
+    /// GGUF tensor name) that matches gives TYPE (a ggml type: q4_k, q6_k, iq3_s, q8_0 …),
+    /// with llama-quantize's fallback where its blocks do not divide the rows. Repeatable.
+    /// Embeddings, output and other plain tensors take any type ggml quantizes without an
+    /// importance matrix; calibrated linears only in the frozen formats (iq2_xxs … iq3_s).
+    #[arg(long, value_name = "PATTERN=TYPE", value_parser = TensorType::parse, help_heading = "Output")]
+    pub tensor_type: Vec<TensorType>,
     /// Also write OUT.f16.gguf: the same calibration as F16 values on the learned grid.
     #[arg(long, help_heading = "Output")]
     pub f16_twin: bool,
@@ -504,6 +512,7 @@ impl CalibCli {
             lora_type: self.lora_type,
             f16_twin: self.f16_twin,
             peft: self.peft.clone(),
+            tensor_types: self.tensor_type.clone(),
         }
     }
 

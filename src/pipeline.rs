@@ -197,9 +197,9 @@ impl Run<'_> {
             let mut bw = load::block(self.src, hp, layer, DTYPE, dev)?;
             let ctx = || format!("block {layer}");
             if a.export.format.frozen() {
-                let format = a.export.format;
-                bw.frozen = crate::apiq::frozen::freeze_block(hp, &rope, &bw, &q_in, |cols| {
-                    format.linear_type(cols as u64)
+                bw.frozen = crate::apiq::frozen::freeze_block(hp, &rope, &bw, &q_in, |i, cols| {
+                    let name = format!("blk.{layer}.{}.weight", crate::nn::block::LINEARS[i]);
+                    a.export.frozen_type(&name, cols as u64)
                 })
                 .with_context(ctx)?;
             }

@@ -79,21 +79,21 @@ pub fn freeze(w: &Tensor, ty: GgmlType, imatrix: &[f32]) -> Result<FrozenBase> {
     Ok(FrozenBase { ty, raw, weight })
 }
 
-/// Every linear of `bw` frozen into the type `type_of(in_features)`, with the importance
-/// matrix of the quantized chain's windows `q_in`.
+/// Every linear of `bw` frozen into the type `type_of(linear, in_features)`, with the
+/// importance matrix of the quantized chain's windows `q_in`.
 pub fn freeze_block(
     hp: &HParams,
     rope: &Rope,
     bw: &BlockWeights,
     q_in: &[Tensor],
-    type_of: impl Fn(usize) -> GgmlType,
+    type_of: impl Fn(usize, usize) -> GgmlType,
 ) -> Result<Vec<FrozenBase>> {
     let im = imatrix(hp, rope, bw, q_in)?;
     bw.w.iter()
         .zip(&im)
         .enumerate()
         .map(|(i, (w, im))| {
-            let ty = type_of(w.dim(1)?);
+            let ty = type_of(i, w.dim(1)?);
             freeze(w, ty, im).with_context(|| format!("{}: {ty}", LINEARS[i]))
         })
         .collect()

@@ -51,8 +51,11 @@ fn calibrate(
     progress: &Progress,
 ) -> Result<()> {
     check_calibration_outputs(c, &out)?;
-    // Inputs are checked before the banner: a bad model fails with its own one-line error.
-    source::ModelSource::open(&model, tokenizer_pre.as_deref())?;
+    // Inputs are checked before the banner: a bad model fails with its own one-line error, and
+    // so does a --tensor-type the model's tensors cannot take.
+    let src = source::ModelSource::open(&model, tokenizer_pre.as_deref())?;
+    c.export().check_overrides(&src.tensors())?;
+    drop(src);
     let devices = if c.devices.is_empty() {
         vec![device::parse(&c.device, c.cuda_matmul)?]
     } else {

@@ -12,7 +12,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::ValueEnum;
 
 use super::peft::PeftWriter;
@@ -24,6 +24,8 @@ use crate::ggml::{stock, GgmlType};
 use crate::gguf::keys;
 use crate::gguf::{GgufWriter, TensorPlan, Value};
 use crate::nn::block::linear_of;
+use crate::pack::format::fallback;
+use crate::pack::overrides::{self, TensorType};
 use crate::pack::{self, EmbedType, Format, LoraType, MappingError};
 use crate::source::{ModelSource, SourceTensor};
 
@@ -37,6 +39,44 @@ pub struct ExportOptions {
     pub f16_twin: bool,
     /// Also write a PEFT adapter + fake-quant base into this directory.
     pub peft: Option<PathBuf>,
+    /// `--tensor-type PATTERN=TYPE`, in order.
+    pub tensor_types: Vec<TensorType>,
+}
+
+impl ExportOptions {
+    /// The type of a frozen linear (`format.frozen()`): an override, else the format's, with
+    /// llama-quantize's fallback. The pipeline quantizes with it, the writer plans with it.
+    pub fn frozen_type(&self, name: &str, row: u64) -> GgmlType {
+        let ty = overrides::type_for(&self.tensor_types, name).unwrap_or(self.format.ggml_type());
+        fallback(ty, row)
+    }
+
+    /// Refuses, before any work, overrides that the outputs cannot honour.
+    pub fn check_overrides(&self, tensors: &[SourceTensor]) -> Result<()> {
+        for t in tensors.iter().filter(|t| t.matrix) {
+            let Some(o) = self
+                .tensor_types
+                .iter()
+                .find(|o| o.pattern.is_match(&t.name))
+            else {
+                continue;
+            };
+            if linear_of(&t.name).is_some() {
+                if !self.format.frozen() {
+                    bail!(
+                        "--tensor-type {}={}: {} is calibrated through --format {}'s grid; types per linear need a frozen format (iq2_xxs … iq3_s) for now",
+                        o.pattern,
+                        o.ty.name.to_lowercase(),
+                        t.name,
+                        self.format.name()
+                    );
+                }
+            } else {
+                overrides::check_plain(o, &t.name)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 fn with_suffix(out: &Path, suffix: &str) -> PathBuf {
@@ -115,13 +155,11 @@ fn apiq_metadata(
 }
 
 /// One base-model output and the rules for its tensor types.
+/// Embeddings and output are as in `OUT` in every output (the twin copies `OUT`'s, so that the
+/// two differ only in how the calibrated linears are stored).
 struct Base {
     w: GgufWriter,
     format: Format,
-    /// Embeddings and output as in a file of this format (the twin copies `OUT`'s, so that the
-    /// two differ only in how the calibrated linears are stored).
-    embed_of: Format,
-    embed: EmbedType,
 }
 
 /// Bytes of a tensor ApiQ does not calibrate, in `ty`: our encoders for the plain types,
@@ -139,6 +177,7 @@ fn encode_plain(ty: GgmlType, x: &[f32], row_len: usize, out: &mut Vec<u8>) -> R
 pub struct CalibratedWriter<'a> {
     src: &'a ModelSource,
     recipe: Recipe,
+    export: ExportOptions,
     /// `OUT` first, then the twin.
     bases: Vec<Base>,
     adapter: Option<GgufWriter>,
@@ -228,8 +267,7 @@ impl TypeSummary {
 /// where ApiQ could not quantize them), embeddings/output after llama.cpp, vectors F32.
 fn tensor_type(
     format: Format,
-    embed_of: Format,
-    embed: EmbedType,
+    o: &ExportOptions,
     spec: &crate::quant::QuantSpec,
     tied: bool,
     t: &SourceTensor,
@@ -238,12 +276,18 @@ fn tensor_type(
         return GgmlType::F32;
     }
     let row = t.ne[0];
+    let (embed_of, embed) = (o.format, o.embed);
     if linear_of(&t.name).is_some() {
-        return if format.frozen() || quantizable(row as usize, spec) {
+        return if format.frozen() {
+            o.frozen_type(&t.name, row)
+        } else if quantizable(row as usize, spec) {
             format.linear_type(row)
         } else {
             GgmlType::F16
         };
+    }
+    if let Some(ty) = overrides::type_for(&o.tensor_types, &t.name) {
+        return fallback(ty, row);
     }
     match t.name.as_str() {
         "output.weight" => embed_of.embed_type(true, tied, row, embed),
@@ -254,14 +298,7 @@ fn tensor_type(
 
 impl<'a> CalibratedWriter<'a> {
     fn tensor_type(&self, b: &Base, t: &SourceTensor) -> GgmlType {
-        tensor_type(
-            b.format,
-            b.embed_of,
-            b.embed,
-            &self.recipe.quant,
-            self.tied,
-            t,
-        )
+        tensor_type(b.format, &self.export, &self.recipe.quant, self.tied, t)
     }
 
     /// Plans every file and writes everything that does not depend on calibration.
@@ -276,6 +313,7 @@ impl<'a> CalibratedWriter<'a> {
         o.format.check(&r.quant)?;
         let arch = src.arch_name()?.to_string();
         let tensors = src.tensors();
+        o.check_overrides(&tensors)?;
         let tied = !tensors.iter().any(|t| t.name == "output.weight");
         let (globals, in_blocks): (Vec<SourceTensor>, Vec<SourceTensor>) = tensors
             .into_iter()
@@ -291,6 +329,7 @@ impl<'a> CalibratedWriter<'a> {
         let mut me = CalibratedWriter {
             src,
             recipe: r.clone(),
+            export: o.clone(),
             bases: Vec::new(),
             adapter: None,
             peft: None,
@@ -312,14 +351,13 @@ impl<'a> CalibratedWriter<'a> {
         if o.f16_twin && o.format != Format::F16 {
             outputs.push((twin_path(out), Format::F16));
         }
-        let (embed_of, embed) = (o.format, o.embed);
         for (path, format) in outputs {
             let plan: Vec<TensorPlan> = globals
                 .iter()
                 .chain(me.blocks.iter().flatten())
                 .map(|t| TensorPlan {
                     name: t.name.clone(),
-                    ty: tensor_type(format, embed_of, embed, &r.quant, tied, t),
+                    ty: tensor_type(format, o, &r.quant, tied, t),
                     ne: t.ne.clone(),
                 })
                 .collect();
@@ -355,8 +393,6 @@ impl<'a> CalibratedWriter<'a> {
             let mut base = Base {
                 w: GgufWriter::create(&path, &kv, plan)?,
                 format,
-                embed_of,
-                embed,
             };
             let mut buf = Vec::new();
             for t in &globals {

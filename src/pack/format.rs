@@ -271,7 +271,7 @@ impl Format {
 }
 
 /// llama-quantize's `tensor_type_fallback`: a type whose blocks do not divide the row.
-fn fallback(ty: GgmlType, row_len: u64) -> GgmlType {
+pub fn fallback(ty: GgmlType, row_len: u64) -> GgmlType {
     if row_len.is_multiple_of(ty.block_size as u64) {
         return ty;
     }

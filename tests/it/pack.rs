@@ -50,8 +50,10 @@ fn assert_packed_equals_twin(packed: &Path, ty: GgmlType) -> usize {
         for (who, got) in decoders {
             assert_eq!(got.len(), want.len());
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                // −0 from a negated Q2_0 scale is the twin's +0.
+                // −0 from a negated Q2_0 scale is the twin's +0, and ggml's Q4_0 of a frozen
+                // base gives −0 where our decoder gives +0: zeros are equal whatever the sign.
                 let g = if *g == 0.0 { 0.0 } else { *g };
+                let w = &if *w == 0x8000 { 0 } else { *w };
                 assert_eq!(
                     f16::from_f32(g).to_bits(),
                     *w,
@@ -420,6 +422,18 @@ fn formats_refuse_grids_they_cannot_hold() {
             "trains only the LoRA",
         ),
         (
+            &["--format", "q2_0", "--tensor-type", "ffn_up=q4_k"][..],
+            "types per linear need a frozen format",
+        ),
+        (
+            &["--tensor-type", "token_embd=iq2_xs"][..],
+            "needs an importance matrix",
+        ),
+        (
+            &["--tensor-type", "(ffn=q4_k"][..],
+            "is not a regular expression",
+        ),
+        (
             &["--format", "iq2_xs", "--devices", "cpu,cpu"][..],
             "use --device",
         ),
@@ -453,6 +467,10 @@ fn lora_over_a_frozen_iq_base_keeps_ggml_bytes_and_runs_with_its_adapter() {
         &[
             "--format",
             "iq2_xs",
+            "--tensor-type",
+            "attn_v=q4_0",
+            "--tensor-type",
+            "token_embd=q5_0",
             "--f16-twin",
             "--nsamples",
             "2",
@@ -472,8 +490,11 @@ fn lora_over_a_frozen_iq_base_keeps_ggml_bytes_and_runs_with_its_adapter() {
         "{log}"
     );
     assert_eq!(assert_packed_equals_twin(&out, GgmlType::IQ2_XS), 30);
-    assert_eq!(assert_packed_equals_twin(&out, GgmlType::IQ4_NL), 30 * 6);
+    // attn_v as --tensor-type asked (ggml's Q4_0 with the imatrix), the rest IQ4_NL.
+    assert_eq!(assert_packed_equals_twin(&out, GgmlType::Q4_0), 30);
+    assert_eq!(assert_packed_equals_twin(&out, GgmlType::IQ4_NL), 30 * 5);
     let p = GgufFile::open(&out).unwrap();
+    assert_eq!(p.tensor("token_embd.weight").unwrap().ty, GgmlType::Q5_0);
     assert_eq!(p.get_u64("general.file_type"), Some(20));
     // The LoRA lowers the block output error below the frozen base's in most blocks.
     let (mut better, mut blocks) = (0, 0);
