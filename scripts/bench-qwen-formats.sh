@@ -41,7 +41,7 @@ for f in $formats; do
     t0=$SECONDS
     "$bin" "$src" "$out" --format "$fmt" --bits "$bits" --calib "$calib" \
       --nsamples "${NSAMPLES:-2}" --seqlen "${SEQLEN:-64}" --epochs "${EPOCHS:-1}" \
-      --lora-rank 16 --lora-type q8_0 2>"$out.log" ||
+      --lora-rank 16 --lora-type q8_0 >"$out.log" 2>&1 ||
       { echo "error: calibration $fmt failed:" >&2; tail -5 "$out.log" >&2; exit 1; }
     echo "$((SECONDS - t0))" >"$out.seconds"
   fi
