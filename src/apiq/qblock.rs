@@ -214,7 +214,7 @@ impl FinalLinear {
         learned: &Learned,
         lora: Option<&LoraSpec>,
     ) -> Result<FinalLinear> {
-        let (out, inp) = w.dims2()?;
+        let inp = w.dim(1)?;
         let dev = w.device();
         let q = if quantizable(inp, spec) {
             let gw = GroupedWeight::new(w, clip_len(inp, spec))?;
@@ -237,12 +237,7 @@ impl FinalLinear {
         } else {
             None
         };
-        let wq = match &q {
-            Some(q) => Tensor::from_slice(q.weight(), (out, inp), dev)?.to_dtype(w.dtype())?,
-            None => w.clone(),
-        };
-        let lora = learned_lora(learned, lora, inp, out, w)?;
-        Ok(FinalLinear { q, w: wq, lora })
+        FinalLinear::assemble(q, w, learned, lora)
     }
 
     /// A frozen base with the learned LoRA (if any).
@@ -252,15 +247,26 @@ impl FinalLinear {
         learned: &Learned,
         lora: Option<&LoraSpec>,
     ) -> Result<FinalLinear> {
+        FinalLinear::assemble(Some(Requantized::Frozen(base.clone())), w, learned, lora)
+    }
+
+    /// The deployed linear of the FP weight `w`: `q`'s values on `w`'s device and type (`w`
+    /// itself where nothing was quantized) and the learned LoRA pair.
+    fn assemble(
+        q: Option<Requantized>,
+        w: &Tensor,
+        learned: &Learned,
+        lora: Option<&LoraSpec>,
+    ) -> Result<FinalLinear> {
         let (out, inp) = w.dims2()?;
-        let dev = w.device();
-        let wq = Tensor::from_slice(&base.weight, (out, inp), dev)?.to_dtype(w.dtype())?;
+        let wq = match &q {
+            Some(q) => {
+                Tensor::from_slice(q.weight(), (out, inp), w.device())?.to_dtype(w.dtype())?
+            }
+            None => w.clone(),
+        };
         let lora = learned_lora(learned, lora, inp, out, w)?;
-        Ok(FinalLinear {
-            q: Some(Requantized::Frozen(base.clone())),
-            w: wq,
-            lora,
-        })
+        Ok(FinalLinear { q, w: wq, lora })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
