@@ -65,8 +65,8 @@ pub struct CalibCli {
     /// Calibration method.
     #[arg(long, value_enum, default_value_t = Method::ApiqBw, help_heading = "Calibration")]
     pub method: Method,
-    /// Weight bits (2, 3 or 4; 5 for q5_k).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=5), help_heading = "Calibration")]
+    /// Weight bits (2, 3 or 4; 5 for q5_k, 6 for q6_k).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(2..=6), help_heading = "Calibration")]
     pub bits: u32,
     /// Weights per quantization group along the input dimension (32, 64 or 128).
     #[arg(long, default_value_t = 64, value_parser = parse_group_size, help_heading = "Calibration")]

@@ -18,7 +18,7 @@ use crate::quant::lora::LoraSpec;
 use crate::quant::quantizer::fake_quant;
 use crate::quant::QuantSpec;
 
-fn sig(x: f64) -> f64 {
+pub(super) fn sig(x: f64) -> f64 {
     1.0 / (1.0 + (-x).exp())
 }
 
@@ -92,11 +92,11 @@ fn surrogate(spec: &QuantSpec, x: &[f64], g: f64, b: f64, f: &Frozen) -> Vec<f64
         .collect()
 }
 
-fn rand_vec(rng: &mut ChaCha8Rng, n: usize, scale: f64) -> Vec<f64> {
+pub(super) fn rand_vec(rng: &mut ChaCha8Rng, n: usize, scale: f64) -> Vec<f64> {
     (0..n).map(|_| rng.random_range(-scale..scale)).collect()
 }
 
-fn assert_close(what: &str, autograd: f64, fd: f64) {
+pub(super) fn assert_close(what: &str, autograd: f64, fd: f64) {
     let tol = 1e-6 * (1.0 + fd.abs().max(autograd.abs()));
     assert!(
         (autograd - fd).abs() <= tol,
@@ -104,7 +104,7 @@ fn assert_close(what: &str, autograd: f64, fd: f64) {
     );
 }
 
-const H: f64 = 1e-6;
+pub(super) const H: f64 = 1e-6;
 
 #[test]
 fn quantizer_gradients_match_finite_differences() {
@@ -527,9 +527,13 @@ fn argmax(v: &[f64]) -> usize {
     (0..v.len()).fold(0, |a, i| if v[i] > v[a] { i } else { a })
 }
 
-fn round_decision(u: f64, hi: f64) -> (f64, bool, f64) {
+pub(super) fn round_decision_in(u: f64, lo: f64, hi: f64) -> (f64, bool, f64) {
     let r = u.round_ties_even();
-    (r - u, (0.0..=hi).contains(&r), r.clamp(0.0, hi))
+    (r - u, (lo..=hi).contains(&r), r.clamp(lo, hi))
+}
+
+fn round_decision(u: f64, hi: f64) -> (f64, bool, f64) {
+    round_decision_in(u, 0.0, hi)
 }
 
 fn freeze_k(c: &KCase, x: &[f64], g: &[f64], b: &[f64]) -> FrozenK {

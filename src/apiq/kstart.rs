@@ -1,8 +1,10 @@
 //! Start where llama.cpp ends: a K grid's clipping logits set so that every sub-block's range
 //! `[σ(β)·min, σ(γ)·max]` is the one ggml's own quantizer picks for the weight
 //! (`ggml_quantize_chunk`, no importance matrix), instead of LWC's σ(4) = 0.982 of the full
-//! range. ggml's ranges come from its weighted search (`make_qkx2_quants`) and may reach past
-//! the weights' own extremes; σ cannot exceed 1, so those start just below 1.
+//! range. ggml's ranges come from its weighted search (`make_qkx2_quants`, and for the
+//! symmetric grids `make_q3_quants` / `make_qx_quants`, whose step sets the one factor
+//! σ(γ) = −step·2^(b−1)/extreme) and may reach past the weights' own extremes; σ cannot exceed
+//! 1, so those start just below 1.
 
 use anyhow::Result;
 use candle_core::DType;
@@ -26,10 +28,27 @@ pub fn ggml_logits(k: KGrid, gw: &GroupedWeight) -> Result<(Vec<f32>, Vec<f32>)>
     let w: Vec<f32> = gw.w.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     // Without an importance matrix ggml's blocks are independent: rows of 256 quantize alike.
     let raw = stock::quantize(kquants::ggml_type(k), &w, QK_K)?;
-    let (hi, lo) = kquants::sub_ranges(k, &raw)?;
     let xmax: Vec<f32> = gw.xmax.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let xmin: Vec<f32> = gw.xmin.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
     let start = LWC_INIT as f32;
+    if k.symmetric() {
+        let neg = -k.code_min() as f32;
+        let gamma = kquants::sub_steps(k, &raw)?
+            .iter()
+            .zip(xmax.iter().zip(&xmin))
+            .map(|(&step, (&hi, &lo))| {
+                let extreme = if hi >= -lo { hi } else { lo };
+                if extreme == 0.0 {
+                    start
+                } else {
+                    logit(-step * neg / extreme)
+                }
+            })
+            .collect();
+        // β is not read by the symmetric grids.
+        return Ok((gamma, vec![start; xmax.len()]));
+    }
+    let (hi, lo) = kquants::sub_ranges(k, &raw)?;
     let gamma = hi
         .iter()
         .zip(&xmax)
@@ -61,7 +80,7 @@ mod tests {
             .map(|_| ((0..4).map(|_| rng.random::<f32>()).sum::<f32>() - 2.0) * 0.05)
             .collect();
         let t = Tensor::from_slice(&w, (rows, cols), &Device::Cpu).unwrap();
-        for k in [KGrid::Q2K, KGrid::Q4K] {
+        for k in [KGrid::Q2K, KGrid::Q3K, KGrid::Q4K, KGrid::Q6K] {
             let gw = GroupedWeight::new(&t, k.sub_len()).unwrap();
             let n = gw.n_groups();
             let ty = kquants::ggml_type(k);

@@ -21,3 +21,5 @@ pub mod train;
 
 #[cfg(test)]
 mod gradcheck;
+#[cfg(test)]
+mod gradcheck_ksym;

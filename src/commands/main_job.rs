@@ -91,9 +91,10 @@ fn calibrate(
             "ggml's {f} with the importance matrix of the quantized chain, frozen (rows of no whole super-block: llama-quantize's fallback)"
         ),
         (None, Some(k)) => format!(
-            "rows of whole 256-value super-blocks through {}'s grid ({}-bit, sub-blocks of {}, clipping from {}), the others {groups}",
+            "rows of whole 256-value super-blocks through {}'s grid ({}-bit {}, sub-blocks of {}, clipping from {}), the others {groups}",
             k.name(),
             k.bits(),
+            if k.symmetric() { "symmetric" } else { "asymmetric" },
             k.sub_len(),
             clap::ValueEnum::to_possible_value(&r.k_init).map_or_else(String::new, |v| v.get_name().to_string()),
         ),

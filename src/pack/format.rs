@@ -25,6 +25,10 @@ pub enum Format {
     /// Q4_0 as llama-quantize does.
     #[value(name = "q2_k")]
     Q2K,
+    /// Q3_K (3.44 bpw), stock everywhere, calibrated through its own symmetric grid (needs
+    /// --bits 3; one clipping factor per sub-block); fallback Q4_0.
+    #[value(name = "q3_k")]
+    Q3K,
     /// Q4_K (4.5 bpw), stock everywhere, calibrated through its own grid (needs --bits 4);
     /// fallback Q5_0.
     #[value(name = "q4_k")]
@@ -33,6 +37,10 @@ pub enum Format {
     /// fallback Q5_1.
     #[value(name = "q5_k")]
     Q5K,
+    /// Q6_K (6.56 bpw), stock everywhere, calibrated through its own symmetric grid (needs
+    /// --bits 6); fallback Q8_0.
+    #[value(name = "q6_k")]
+    Q6K,
     /// IQ2_XXS (2.06 bpw): ggml's own quantization with the chain's importance matrix, frozen;
     /// only the LoRA trains over it (as IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S). Rows not a multiple of
     /// 256 fall back to IQ4_NL as llama-quantize does.
@@ -107,8 +115,10 @@ impl Format {
             Format::Q2_0 => "q2_0",
             Format::Q4_1 => "q4_1",
             Format::Q2K => "q2_k",
+            Format::Q3K => "q3_k",
             Format::Q4K => "q4_k",
             Format::Q5K => "q5_k",
+            Format::Q6K => "q6_k",
             Format::Iq2Xxs => "iq2_xxs",
             Format::Iq2Xs => "iq2_xs",
             Format::Iq2S => "iq2_s",
@@ -124,6 +134,8 @@ impl Format {
             Format::Apiq2
         } else if spec.bits == 5 {
             Format::Q5K
+        } else if spec.bits == 6 {
+            Format::Q6K
         } else {
             Format::Q4_1
         }
@@ -136,8 +148,10 @@ impl Format {
             Format::Q2_0 => GgmlType::Q2_0,
             Format::Q4_1 => GgmlType::Q4_1,
             Format::Q2K => GgmlType::Q2_K,
+            Format::Q3K => GgmlType::Q3_K,
             Format::Q4K => GgmlType::Q4_K,
             Format::Q5K => GgmlType::Q5_K,
+            Format::Q6K => GgmlType::Q6_K,
             Format::Iq2Xxs => GgmlType::IQ2_XXS,
             Format::Iq2Xs => GgmlType::IQ2_XS,
             Format::Iq2S => GgmlType::IQ2_S,
@@ -154,9 +168,11 @@ impl Format {
             Format::Q2_0 => 41,
             Format::Q4_1 => 3,
             Format::Q2K => 10,
-            // Q4_K_S / Q5_K_S: every linear in the type, as ours are.
+            // Q3_K_S / Q4_K_S / Q5_K_S: every linear in the type, as ours are.
+            Format::Q3K => 11,
             Format::Q4K => 14,
             Format::Q5K => 16,
+            Format::Q6K => 18,
             Format::Iq2Xxs => 19,
             Format::Iq2Xs => 20,
             Format::Iq2S => 28,
@@ -176,9 +192,21 @@ impl Format {
                 self.name()
             ),
             Format::Q4_1 if bits > 4 => {
-                bail!("--format q4_1 holds up to 4-bit weights, not {bits}-bit (q5_k holds 5)")
+                bail!(
+                    "--format q4_1 holds up to 4-bit weights, not {bits}-bit (q5_k holds 5, \
+                     q6_k 6)"
+                )
             }
-            Format::Q2K | Format::Q4K | Format::Q5K => {
+            Format::Apiq2
+            | Format::Q2_0
+            | Format::Q4_1
+            | Format::Iq2Xxs
+            | Format::Iq2Xs
+            | Format::Iq2S
+            | Format::Iq3Xxs
+            | Format::Iq3S
+            | Format::F16 => Ok(()),
+            Format::Q2K | Format::Q3K | Format::Q4K | Format::Q5K | Format::Q6K => {
                 let k = self.kgrid().expect("a K format");
                 if bits != k.bits() {
                     bail!(
@@ -188,7 +216,7 @@ impl Format {
                         k.bits()
                     );
                 }
-                if spec.symmetric {
+                if spec.symmetric && !k.symmetric() {
                     bail!(
                         "--format {} is asymmetric (a scale and a min per sub-block): drop \
                          --symmetric",
@@ -197,7 +225,6 @@ impl Format {
                 }
                 Ok(())
             }
-            _ => Ok(()),
         }
     }
 
@@ -213,8 +240,10 @@ impl Format {
     pub fn kgrid(self) -> Option<KGrid> {
         match self {
             Format::Q2K => Some(KGrid::Q2K),
+            Format::Q3K => Some(KGrid::Q3K),
             Format::Q4K => Some(KGrid::Q4K),
             Format::Q5K => Some(KGrid::Q5K),
+            Format::Q6K => Some(KGrid::Q6K),
             _ => None,
         }
     }
@@ -228,7 +257,7 @@ impl Format {
                 zero_range: Some((1, 2)),
                 ..spec
             },
-            Format::Q2K | Format::Q4K | Format::Q5K => QuantSpec {
+            _ if self.kgrid().is_some() => QuantSpec {
                 kgrid: self.kgrid(),
                 ..spec
             },
@@ -310,6 +339,9 @@ mod tests {
         assert_eq!(Format::Q4K.linear_type(576), GgmlType::Q5_0);
         assert_eq!(Format::Q5K.linear_type(576), GgmlType::Q5_1);
         assert_eq!(Format::Q4K.linear_type(1536), GgmlType::Q4_K);
+        assert_eq!(Format::Q3K.linear_type(576), GgmlType::Q4_0);
+        assert_eq!(Format::Q6K.linear_type(576), GgmlType::Q8_0);
+        assert_eq!(Format::Q6K.linear_type(1536), GgmlType::Q6_K);
         assert_eq!(Format::Iq2Xs.linear_type(576), GgmlType::IQ4_NL);
         assert_eq!(Format::Iq2Xs.linear_type(1536), GgmlType::IQ2_XS);
         assert_eq!(

@@ -1,5 +1,5 @@
 //! Packing ApiQ's result into GGUF tensor types: our APIQ2, exact stock mappings (Q2_0,
-//! Q4_1), the K types it was trained through (Q2_K, Q4_K, Q5_K), and F16 fake-quant; plus
+//! Q4_1), the K types it was trained through (Q2_K … Q6_K), and F16 fake-quant; plus
 //! which type every other tensor gets.
 
 pub mod blocks;

@@ -28,31 +28,22 @@
 use candle_core::{DType, Result, Tensor};
 use half::f16;
 
+use super::kgrid_sym;
+use super::kquantized::KQuantized;
 use super::kspec::KGrid;
 use super::quantizer::{clip_factors, GroupedWeight};
-use super::ste::{clamp_inclusive, round_ste};
+use super::ste::{clamp_inclusive, f16_ste, nonzero_or_one, round_ste};
 
 const S_MIN: f64 = 1e-5;
 const S_MAX: f64 = 1e4;
 
-fn sigmoid(x: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::sigmoid(x)
-}
-
-/// `x` rounded to f16, the gradient passed straight through.
-fn f16_ste(x: &Tensor) -> Result<Tensor> {
-    let r = x.detach().to_dtype(DType::F16)?.to_dtype(x.dtype())?;
-    x + (r - x.detach())?
-}
-
-/// `x` where it is not 0, else 1 (a divisor that is only used where `x` is not 0).
-fn nonzero_or_one(x: &Tensor) -> Result<Tensor> {
-    x + x.detach().eq(0.0)?.to_dtype(x.dtype())?
-}
-
 /// The fake-quantized weight `[out, in]` through grid `k`, differentiable in the per-sub-block
 /// logits γ, β `[n_sub, 1]`; `gw` is grouped by `k.sub_len()` and rows hold whole super-blocks.
+/// The symmetric grids (Q3_K, Q6_K) use γ alone ([`kgrid_sym`]).
 pub fn fake_quant(k: KGrid, gw: &GroupedWeight, gamma: &Tensor, beta: &Tensor) -> Result<Tensor> {
+    if k.symmetric() {
+        return kgrid_sym::fake_quant(k, gw, gamma);
+    }
     let n_sub = gw.n_groups();
     let subs = k.subs();
     if gw.w.dim(1)? != k.sub_len() || !n_sub.is_multiple_of(subs) {
@@ -62,8 +53,12 @@ pub fn fake_quant(k: KGrid, gw: &GroupedWeight, gamma: &Tensor, beta: &Tensor) -
             gw.w.dim(1)?
         );
     }
-    let hi = sigmoid(gamma)?.mul(&gw.xmax)?;
-    let lo = clamp_inclusive(&sigmoid(beta)?.mul(&gw.xmin)?, f64::NEG_INFINITY, 0.0)?;
+    let hi = candle_nn::ops::sigmoid(gamma)?.mul(&gw.xmax)?;
+    let lo = clamp_inclusive(
+        &candle_nn::ops::sigmoid(beta)?.mul(&gw.xmin)?,
+        f64::NEG_INFINITY,
+        0.0,
+    )?;
     let s = clamp_inclusive(&((hi - &lo)? * (1.0 / k.code_max()))?, S_MIN, S_MAX)?;
     let m = lo.neg()?;
     let n_super = n_sub / subs;
@@ -90,23 +85,6 @@ pub fn fake_quant(k: KGrid, gw: &GroupedWeight, gamma: &Tensor, beta: &Tensor) -
         .reshape((gw.out_features, gw.in_features))
 }
 
-/// One linear through a K grid, as stored: per super-block f16 `d`, `dmin`; per sub-block the
-/// codes `sc`, `mn`; per weight the code `q` and the value `d·sc·q − dmin·mn` (f32).
-#[derive(Debug, Clone)]
-pub struct KQuantized {
-    pub grid: KGrid,
-    /// f16 bits per super-block.
-    pub d: Vec<u16>,
-    pub dmin: Vec<u16>,
-    /// Per sub-block, 0..=scale_max.
-    pub sc: Vec<u8>,
-    pub mn: Vec<u8>,
-    /// One code per weight, row-major `[out, in]`.
-    pub codes: Vec<u8>,
-    /// The values, row-major `[out, in]`.
-    pub weight: Vec<f32>,
-}
-
 /// The trained grid on the host from the logits: [`fake_quant`]'s forward in f32, operation
 /// for operation, with the codes kept.
 pub fn requantize(
@@ -115,12 +93,18 @@ pub fn requantize(
     gamma: &Tensor,
     beta: &Tensor,
 ) -> Result<KQuantized> {
+    if k.symmetric() {
+        return kgrid_sym::quantize_with_clip(k, gw, &clip_factors(gamma)?);
+    }
     quantize_with_clip(k, gw, &clip_factors(gamma)?, &clip_factors(beta)?)
 }
 
 /// Round-to-nearest through the grid over each sub-block's full range (no clipping).
 pub fn rtn(k: KGrid, gw: &GroupedWeight) -> Result<KQuantized> {
     let ones = vec![1.0f32; gw.n_groups()];
+    if k.symmetric() {
+        return kgrid_sym::quantize_with_clip(k, gw, &ones);
+    }
     quantize_with_clip(k, gw, &ones, &ones)
 }
 
@@ -166,7 +150,7 @@ fn quantize_with_clip(
         out.dmin.push(dmin16.to_bits());
         let dmin_div = if dmin == 0.0 { 1.0 } else { dmin };
         for (j, group) in groups.iter().enumerate() {
-            let sc = (s[j] / d).round_ties_even().clamp(0.0, cmax) as u8;
+            let sc = (s[j] / d).round_ties_even().clamp(0.0, cmax) as i8;
             let mn = (m[j] / dmin_div).round_ties_even().clamp(0.0, cmax) as u8;
             out.sc.push(sc);
             out.mn.push(mn);
@@ -215,7 +199,7 @@ mod tests {
     #[test]
     fn training_forward_is_the_host_grid_bit_for_bit() {
         let dev = Device::Cpu;
-        for (k, seed) in [(KGrid::Q2K, 1), (KGrid::Q4K, 2), (KGrid::Q5K, 3)] {
+        for (k, seed) in KGrid::ALL.into_iter().zip(1..) {
             let (rows, cols) = (6, 512);
             let w = weights(rows, cols, k.sub_len(), seed);
             let t = Tensor::from_slice(&w, (rows, cols), &dev).unwrap();
@@ -235,8 +219,12 @@ mod tests {
                 // == : the composed ops may give −0 where the host gives +0.
                 assert!(a == h, "{k:?} value {i}: trained {a} vs host {h}");
             }
-            assert!(host.codes.iter().all(|&c| f64::from(c) <= k.code_max()));
-            assert!(host.codes.iter().any(|&c| f64::from(c) == k.code_max()));
+            let top = k.code_max() - k.code_min();
+            assert!(host.codes.iter().all(|&c| f64::from(c) <= top));
+            assert!(host.codes.iter().any(|&c| f64::from(c) == top), "{k:?}");
+            if k.symmetric() {
+                assert!(host.codes.contains(&0), "{k:?}: the longer side is reached");
+            }
             // The all-zero sub-block: scale code 0 (its scale is the 1e-5 floor), value 0.
             assert!(host.weight[k.sub_len()..2 * k.sub_len()]
                 .iter()
@@ -247,20 +235,26 @@ mod tests {
     #[test]
     fn rtn_error_is_within_half_a_step() {
         // Without clipping every value lies in its sub-block's range, so the code error is at
-        // most half the effective step S_j plus what rounding the min adds (≤ dmin/2).
+        // most half the effective step S_j plus what rounding the min adds (≤ dmin/2). The
+        // symmetric grids reach one step less on the side opposite the extreme.
         let dev = Device::Cpu;
-        for k in [KGrid::Q2K, KGrid::Q4K, KGrid::Q5K] {
+        for k in KGrid::ALL {
             let w = weights(4, 256, k.sub_len(), 7);
             let t = Tensor::from_slice(&w, (4, 256), &dev).unwrap();
             let gw = GroupedWeight::new(&t, k.sub_len()).unwrap();
             let q = rtn(k, &gw).unwrap();
             for (i, (&x, &y)) in w.iter().zip(&q.weight).enumerate() {
                 let (sub, sb) = (i / k.sub_len(), i / QK_K);
-                let step = f16::from_bits(q.d[sb]).to_f32() * f32::from(q.sc[sub]);
-                let dmin = f16::from_bits(q.dmin[sb]).to_f32();
-                // The scale code rounding can shrink the range by up to half a scale unit.
                 let d = f16::from_bits(q.d[sb]).to_f32();
-                let slack = 0.5 * step + 0.5 * dmin + 0.5 * d * k.code_max() as f32 + 1e-6;
+                let step = (d * f32::from(q.sc[sub])).abs();
+                let slack = if k.symmetric() {
+                    // Rounding (or clamping) the scale code moves each end by ≤ |d| per step.
+                    step + d.abs() * -k.code_min() as f32 + 1e-6
+                } else {
+                    // The scale code rounding can shrink the range by up to half a unit.
+                    let dmin = f16::from_bits(q.dmin[sb]).to_f32();
+                    0.5 * step + 0.5 * dmin + 0.5 * d * k.code_max() as f32 + 1e-6
+                };
                 assert!((x - y).abs() <= slack, "{k:?} {i}: {x} vs {y}");
             }
         }

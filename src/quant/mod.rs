@@ -4,6 +4,8 @@
 mod fake_quant_cuda;
 pub mod fake_quant_op;
 pub mod kgrid;
+pub mod kgrid_sym;
+pub mod kquantized;
 pub mod kspec;
 pub mod lora;
 pub mod qparams;

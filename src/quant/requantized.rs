@@ -1,7 +1,7 @@
 //! A calibrated linear as the packer receives it: requantized on ApiQ's group grid, or through
 //! a K-quant grid (the trainer builds either, the packer writes either).
 
-use super::kgrid::KQuantized;
+use super::kquantized::KQuantized;
 use super::quantizer::Quantized;
 use crate::ggml::GgmlType;
 

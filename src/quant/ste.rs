@@ -5,7 +5,7 @@
 //!   (candle's `clamp` = maximum/minimum halves it at ties, which are common here because the
 //!   clamped values are integers).
 
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// Round half to even, without gradient.
 pub fn round_ties_even(u: &Tensor) -> Result<Tensor> {
@@ -30,6 +30,17 @@ pub fn clamp_inclusive(u: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
     let clamped = d.clamp(lo, hi)?;
     let outside = (1.0 - &inside)?;
     (u * &inside)? + (clamped * outside)?
+}
+
+/// `x` rounded to f16, the gradient passed straight through.
+pub fn f16_ste(x: &Tensor) -> Result<Tensor> {
+    let r = x.detach().to_dtype(DType::F16)?.to_dtype(x.dtype())?;
+    x + (r - x.detach())?
+}
+
+/// `x` where it is not 0, else 1 (a divisor that is only used where `x` is not 0).
+pub fn nonzero_or_one(x: &Tensor) -> Result<Tensor> {
+    x + x.detach().eq(0.0)?.to_dtype(x.dtype())?
 }
 
 #[cfg(test)]

@@ -268,13 +268,23 @@ fn apiq2_holds_the_calibration_bit_for_bit_and_q8_0_adapters_load() {
 fn k_formats_are_the_trained_grid_and_run_with_their_adapter() {
     // SmolLM2's ffn_down (1536 inputs, six super-blocks) trains through the K type's own grid
     // and is written bit for bit; its 576-wide linears hold no whole super-block, train on the
-    // groups and fall back as llama-quantize does (Q2_K → Q4_0, Q4_K → Q5_0), error reported.
+    // groups and fall back as llama-quantize does (Q2_K, Q3_K → Q4_0, Q4_K → Q5_0), error
+    // reported (Q4_0 holds 3-bit groups exactly). Q3_K is the symmetric grid.
     // At 2 bits SmolLM2 is broken by any method (perplexity in the 10⁵), where activation
     // rounding moves perplexity by tens of percent: only Q4_K is held to its twin's, within
     // what its Q5_0 fallback adds (ggml's Q5_0 of the 4-bit groups: 8.53 vs 8.25 at this seed).
-    // Q4_K starts its clipping from ggml's own ranges (--k-init ggml), Q2_K from LWC's σ(4).
+    // Q3_K and Q4_K start their clipping from ggml's own ranges (--k-init ggml), Q2_K from
+    // LWC's σ(4).
     for (format, bits, init, ty, fallback, tolerance) in [
         ("q2_k", "2", "lwc", GgmlType::Q2_K, GgmlType::Q4_0, None),
+        (
+            "q3_k",
+            "3",
+            "ggml",
+            GgmlType::Q3_K,
+            GgmlType::Q4_0,
+            Some(0.05),
+        ),
         (
             "q4_k",
             "4",
