@@ -158,9 +158,15 @@ pub struct CalibCli {
     /// GGUF tensor name) that matches gives TYPE (a ggml type: q4_k, q6_k, iq3_s, q8_0 …),
     /// with llama-quantize's fallback where its blocks do not divide the rows. Repeatable.
     /// Embeddings, output and other plain tensors take any type ggml quantizes without an
-    /// importance matrix; calibrated linears only in the frozen formats (iq2_xxs … iq3_s).
+    /// importance matrix; calibrated linears a K type in the K formats (trained through its
+    /// grid) and any type in the frozen formats (iq2_xxs … iq3_s).
     #[arg(long, value_name = "PATTERN=TYPE", value_parser = TensorType::parse, help_heading = "Output")]
     pub tensor_type: Vec<TensorType>,
+    /// llama-quantize's --pure: every calibrated linear in the format's type. Without it the K
+    /// and IQ formats follow llama-quantize's mixture for their file type (q2_k: attn_v,
+    /// ffn_down and attn_output in Q3_K/Q4_K …), each linear trained through its own type.
+    #[arg(long, help_heading = "Output")]
+    pub pure: bool,
     /// Also write OUT.f16.gguf: the same calibration as F16 values on the learned grid.
     #[arg(long, help_heading = "Output")]
     pub f16_twin: bool,
@@ -513,6 +519,7 @@ impl CalibCli {
             f16_twin: self.f16_twin,
             peft: self.peft.clone(),
             tensor_types: self.tensor_type.clone(),
+            pure: self.pure,
         }
     }
 

@@ -17,7 +17,8 @@ use crate::apiq::parallel::run_ranks;
 use crate::apiq::recipe::Recipe;
 use crate::apiq::state::State;
 use crate::apiq::train;
-use crate::calib::{data, load};
+use crate::calib::data;
+use crate::calib::load::{self, shape};
 use crate::export::calibrated::{calib_hash, CalibratedWriter, ExportOptions, Written};
 use crate::nn::block::Rope;
 use crate::nn::compute::Compute;
@@ -113,6 +114,10 @@ pub fn calibrate(
         "calibration": hash,
         "seqlen": seqlen,
         "fused_kernels": a.compute.fused,
+        // The type of each linear decides the grid it trains through.
+        "format": a.export.format.name(),
+        "pure": a.export.pure,
+        "tensor_types": a.export.tensor_types.iter().map(|t| format!("{}={}", t.pattern, t.ty)).collect::<Vec<_>>(),
     }))?;
     let state = State::open(&a.out, &fingerprint)?;
     let run = Run {
@@ -187,7 +192,12 @@ impl Run<'_> {
 
         let mut writer = match ui {
             Some(_) => Some(CalibratedWriter::create(
-                self.src, &a.out, r, &a.export, hp.n_layer, self.hash,
+                self.src,
+                &a.out,
+                r,
+                &a.export,
+                shape(hp),
+                self.hash,
             )?),
             None => None,
         };
@@ -196,12 +206,19 @@ impl Run<'_> {
             let t0 = Instant::now();
             let mut bw = load::block(self.src, hp, layer, DTYPE, dev)?;
             let ctx = || format!("block {layer}");
+            let name = |i: usize| format!("blk.{layer}.{}.weight", crate::nn::block::LINEARS[i]);
             if a.export.format.frozen() {
                 bw.frozen = crate::apiq::frozen::freeze_block(hp, &rope, &bw, &q_in, |i, cols| {
-                    let name = format!("blk.{layer}.{}.weight", crate::nn::block::LINEARS[i]);
-                    a.export.frozen_type(&name, cols as u64)
+                    a.export.linear_type(&name(i), cols as u64, shape(hp)).1
                 })
                 .with_context(ctx)?;
+            } else if a.export.format.kgrid().is_some() {
+                bw.kgrids = (0..bw.w.len())
+                    .map(|i| {
+                        let cols = bw.w[i].dim(1)? as u64;
+                        Ok(a.export.kgrid_of(&name(i), cols, shape(hp)))
+                    })
+                    .collect::<candle_core::Result<_>>()?;
             }
             let fp_out: Vec<Tensor> = fp_in
                 .iter()

@@ -49,6 +49,15 @@ fn total(terms: impl IntoIterator<Item = candle_core::Result<Tensor>>) -> Result
     acc.ok_or_else(|| anyhow::anyhow!("a training step needs a target"))
 }
 
+/// The quantizer of linear `i`: the recipe's, with the K grid the block assigns it (a K
+/// format's mixture) where it assigns one.
+fn linear_spec(r: &Recipe, bw: &BlockWeights, i: usize) -> QuantSpec {
+    match bw.kgrids.get(i) {
+        Some(&kgrid) if r.quant.kgrid.is_some() => QuantSpec { kgrid, ..r.quant },
+        _ => r.quant,
+    }
+}
+
 pub(crate) fn new_linears(
     r: &Recipe,
     bw: &BlockWeights,
@@ -63,7 +72,7 @@ pub(crate) fn new_linears(
                 let lora = lora.map(|l| (l, lora_seed(r.seed, layer, i)));
                 match bw.frozen.get(i) {
                     Some(base) => TrainLinear::over_frozen(base, w, lora),
-                    None => TrainLinear::new(w, &r.quant, lora),
+                    None => TrainLinear::new(w, &linear_spec(r, bw, i), lora),
                 }
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -545,7 +554,7 @@ pub fn train_block_lw(
         for &i in group {
             let l = Learned::of(&linears[i])?;
             finals[i] = Some(FinalLinear::new(
-                &r.quant,
+                &linear_spec(r, bw, i),
                 &bw.w[i],
                 &l,
                 if with_lora { r.lora.as_ref() } else { None },
@@ -578,7 +587,7 @@ pub fn finalize(r: &Recipe, bw: &BlockWeights, learned: &[Learned]) -> Result<Ve
         .enumerate()
         .map(|(i, (w, l))| match bw.frozen.get(i) {
             Some(base) => FinalLinear::over_frozen(base, w, l, r.lora.as_ref()),
-            None => FinalLinear::new(&r.quant, w, l, r.lora.as_ref()),
+            None => FinalLinear::new(&linear_spec(r, bw, i), w, l, r.lora.as_ref()),
         })
         .collect::<candle_core::Result<Vec<_>>>()?)
 }
@@ -691,6 +700,7 @@ mod tests {
             },
             w: shapes.iter().map(|&s| randn(s, 0.5, &dev)).collect(),
             frozen: Vec::new(),
+            kgrids: Vec::new(),
         };
         let rope = Rope::new(&hp, l, DType::F64, &dev)
             .unwrap()

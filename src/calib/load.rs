@@ -6,6 +6,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::nn::block::{BlockNorms, LINEARS};
 use crate::nn::hparams::HParams;
 use crate::nn::model::{BlockWeights, Model};
+use crate::pack::mix::ModelShape;
 use crate::source::ModelSource;
 
 /// A tensor by GGUF name, row-major with the ggml dims reversed (`[out, in]` for a matrix).
@@ -25,6 +26,14 @@ pub fn hparams(src: &ModelSource) -> Result<HParams> {
     };
     HParams::from_metadata(&src.metadata(), factors)
         .with_context(|| format!("{}", src.path().display()))
+}
+
+/// What llama-quantize's mixtures read of the model.
+pub fn shape(hp: &HParams) -> ModelShape {
+    ModelShape {
+        n_layer: hp.n_layer,
+        n_gqa: hp.n_head / hp.n_head_kv.max(1),
+    }
 }
 
 pub fn block(
@@ -54,6 +63,7 @@ pub fn block(
         },
         w,
         frozen: Vec::new(),
+        kgrids: Vec::new(),
     })
 }
 

@@ -100,6 +100,16 @@ fn calibrate(
         ),
         (None, None) => groups,
     };
+    let mix = args.export.format != crate::pack::Format::F16
+        && (args.export.format.kgrid().is_some() || args.export.format.frozen());
+    let grid = if mix && !args.export.pure {
+        format!(
+            "{grid}; llama-quantize's mixture for {} (some linears in more bits, each through its own type; --pure: none)",
+            args.export.format.name()
+        )
+    } else {
+        grid
+    };
     eprintln!(
         "calibrating {} with {} into {}: {grid}, {}, {} windows x {} tokens{}, {} epochs, seed {}, {} ({}{})",
         args.model.display(),
@@ -174,20 +184,23 @@ fn calibrate(
             mib(*b)
         )),
     );
-    let fallbacks = t.fallbacks();
+    let fallbacks = &t.fallbacks;
     if !fallbacks.is_empty() {
         let n: usize = t.linears.iter().map(|(_, c)| c).sum();
         let format = args.export.format.name();
         let why = if args.export.format.kgrid().is_some() {
             "K types need rows of whole 256-value super-blocks: the other rows trained on the \
              groups and fell back as llama-quantize does; linears ApiQ cannot quantize stay f16"
+        } else if args.export.format.frozen() {
+            "its types need rows of whole 256-value super-blocks: the other rows fell back as \
+             llama-quantize does"
         } else {
             "linears whose inputs are not whole groups cannot be quantized and stay f16"
         };
         eprintln!(
             "warning: --format {format} stored {} of {n} linears in other types: {} ({why})",
             fallbacks.iter().map(|(_, c)| c).sum::<usize>(),
-            list(&fallbacks)
+            list(fallbacks)
         );
     }
     if let Some(d) = &w.peft {

@@ -23,10 +23,13 @@ use crate::ggml::convert::encode;
 use crate::ggml::{stock, GgmlType};
 use crate::gguf::keys;
 use crate::gguf::{GgufWriter, TensorPlan, Value};
-use crate::nn::block::linear_of;
+use crate::nn::block::{linear_of, LINEARS};
 use crate::pack::format::fallback;
+use crate::pack::kquants;
+use crate::pack::mix::{self, ModelShape};
 use crate::pack::overrides::{self, TensorType};
 use crate::pack::{self, EmbedType, Format, LoraType, MappingError};
+use crate::quant::KGrid;
 use crate::source::{ModelSource, SourceTensor};
 
 /// How the outputs are written (the calibration itself is the [`Recipe`]).
@@ -41,14 +44,37 @@ pub struct ExportOptions {
     pub peft: Option<PathBuf>,
     /// `--tensor-type PATTERN=TYPE`, in order.
     pub tensor_types: Vec<TensorType>,
+    /// `--pure`: every calibrated linear in the format's type, no llama-quantize mixture.
+    pub pure: bool,
 }
 
 impl ExportOptions {
-    /// The type of a frozen linear (`format.frozen()`): an override, else the format's, with
-    /// llama-quantize's fallback. The pipeline quantizes with it, the writer plans with it.
-    pub fn frozen_type(&self, name: &str, row: u64) -> GgmlType {
-        let ty = overrides::type_for(&self.tensor_types, name).unwrap_or(self.format.ggml_type());
-        fallback(ty, row)
+    /// The type calibrated linear `name` (rows of `row` values) is stored in, before and after
+    /// llama-quantize's fallback for rows its blocks do not divide: an override, else
+    /// llama-quantize's mixture for the file type (not with `--pure`), else the format's type.
+    /// The pipeline trains and quantizes with it, the writer plans with it.
+    pub fn linear_type(&self, name: &str, row: u64, shape: ModelShape) -> (GgmlType, GgmlType) {
+        let chosen = overrides::type_for(&self.tensor_types, name).unwrap_or_else(|| {
+            match (self.pure, linear_of(name), block_of(name)) {
+                (false, Some(i), Some(layer)) => {
+                    mix::linear_type(self.format, LINEARS[i], layer, shape)
+                }
+                _ => self.format.ggml_type(),
+            }
+        });
+        (chosen, fallback(chosen, row))
+    }
+
+    /// The K grid calibrated linear `name` trains through in a K format (its own type's, where
+    /// its rows are whole super-blocks; else none: it trains on the groups).
+    pub fn kgrid_of(&self, name: &str, row: u64, shape: ModelShape) -> Option<KGrid> {
+        self.format.kgrid()?;
+        kquants::grid_of(self.linear_type(name, row, shape).1)
+    }
+
+    /// `general.file_type` of the output.
+    pub fn file_type(&self) -> u32 {
+        self.format.file_type(self.pure)
     }
 
     /// Refuses, before any work, overrides that the outputs cannot honour.
@@ -61,18 +87,26 @@ impl ExportOptions {
             else {
                 continue;
             };
-            if linear_of(&t.name).is_some() {
-                if !self.format.frozen() {
+            if linear_of(&t.name).is_none() {
+                overrides::check_plain(o, &t.name)?;
+            } else if self.format.kgrid().is_some() {
+                if kquants::grid_of(o.ty).is_none() {
                     bail!(
-                        "--tensor-type {}={}: {} is calibrated through --format {}'s grid; types per linear need a frozen format (iq2_xxs … iq3_s) for now",
+                        "--tensor-type {}={}: {} is calibrated through a K grid in --format {}; give it a K type (q2_k … q6_k)",
                         o.pattern,
                         o.ty.name.to_lowercase(),
                         t.name,
                         self.format.name()
                     );
                 }
-            } else {
-                overrides::check_plain(o, &t.name)?;
+            } else if !self.format.frozen() {
+                bail!(
+                    "--tensor-type {}={}: {} is calibrated through --format {}'s grid; types per linear need a K format (q2_k … q6_k) or a frozen one (iq2_xxs … iq3_s)",
+                    o.pattern,
+                    o.ty.name.to_lowercase(),
+                    t.name,
+                    self.format.name()
+                );
             }
         }
         Ok(())
@@ -186,6 +220,7 @@ pub struct CalibratedWriter<'a> {
     /// Source tensors of each block, in plan order.
     blocks: Vec<Vec<SourceTensor>>,
     tied: bool,
+    shape: ModelShape,
     mapping: MappingError,
     summary: TypeSummary,
     out: PathBuf,
@@ -217,16 +252,14 @@ pub struct TypeSummary {
     pub linear_weights: u64,
     /// Elements of all tensors.
     pub weights: u64,
-    /// The format's own type, for telling fallbacks apart.
-    pub format_type: &'static str,
+    /// Calibrated linears stored in another type than they were given (llama-quantize's
+    /// fallback, or F16 where ApiQ cannot quantize them), per type name.
+    pub fallbacks: Vec<(&'static str, usize)>,
 }
 
 impl TypeSummary {
-    fn of(plan: &[TensorPlan], format: Format) -> Result<TypeSummary> {
-        let mut s = TypeSummary {
-            format_type: format.ggml_type().name,
-            ..TypeSummary::default()
-        };
+    fn of(plan: &[TensorPlan], fell: impl Fn(&TensorPlan) -> bool) -> Result<TypeSummary> {
+        let mut s = TypeSummary::default();
         let count = |v: &mut Vec<(&'static str, usize)>, name: &'static str| match v
             .iter_mut()
             .find(|(n, _)| *n == name)
@@ -242,48 +275,44 @@ impl TypeSummary {
                 count(&mut s.linears, t.ty.name);
                 s.linear_bytes += t.size()?;
                 s.linear_weights += n;
+                if fell(t) {
+                    count(&mut s.fallbacks, t.ty.name);
+                }
             }
         }
-        s.tensors.sort_by_key(|t| std::cmp::Reverse(t.1));
-        s.linears.sort_by_key(|t| std::cmp::Reverse(t.1));
+        for v in [&mut s.tensors, &mut s.linears, &mut s.fallbacks] {
+            v.sort_by_key(|t| std::cmp::Reverse(t.1));
+        }
         Ok(s)
     }
 
     pub fn linear_bpw(&self) -> f64 {
         self.linear_bytes as f64 * 8.0 / self.linear_weights.max(1) as f64
     }
-
-    /// Calibrated linears not in the format's own type.
-    pub fn fallbacks(&self) -> Vec<(&'static str, usize)> {
-        self.linears
-            .iter()
-            .filter(|(n, _)| *n != self.format_type)
-            .copied()
-            .collect()
-    }
 }
 
-/// The type of `t` in an output of `format`: calibrated linears in the format's type (F16
-/// where ApiQ could not quantize them), embeddings/output after llama.cpp, vectors F32.
-fn tensor_type(
-    format: Format,
-    o: &ExportOptions,
-    spec: &crate::quant::QuantSpec,
+/// What the output files are planned from.
+struct PlanContext<'a> {
+    o: &'a ExportOptions,
+    spec: &'a crate::quant::QuantSpec,
     tied: bool,
-    t: &SourceTensor,
-) -> GgmlType {
+    shape: ModelShape,
+}
+
+/// The type of `t` in an output of `format`: calibrated linears in their type
+/// ([`ExportOptions::linear_type`]; F16 where ApiQ could not quantize them, and in the twin),
+/// embeddings/output after llama.cpp, vectors F32.
+fn tensor_type(format: Format, c: &PlanContext, t: &SourceTensor) -> GgmlType {
     if !t.matrix {
         return GgmlType::F32;
     }
-    let row = t.ne[0];
-    let (embed_of, embed) = (o.format, o.embed);
+    let (o, row) = (c.o, t.ne[0]);
+    let (embed_of, embed, tied) = (o.format, o.embed, c.tied);
     if linear_of(&t.name).is_some() {
-        return if format.frozen() {
-            o.frozen_type(&t.name, row)
-        } else if quantizable(row as usize, spec) {
-            format.linear_type(row)
-        } else {
+        return if format == Format::F16 || !(format.frozen() || quantizable(row as usize, c.spec)) {
             GgmlType::F16
+        } else {
+            o.linear_type(&t.name, row, c.shape).1
         };
     }
     if let Some(ty) = overrides::type_for(&o.tensor_types, &t.name) {
@@ -298,7 +327,13 @@ fn tensor_type(
 
 impl<'a> CalibratedWriter<'a> {
     fn tensor_type(&self, b: &Base, t: &SourceTensor) -> GgmlType {
-        tensor_type(b.format, &self.export, &self.recipe.quant, self.tied, t)
+        let c = PlanContext {
+            o: &self.export,
+            spec: &self.recipe.quant,
+            tied: self.tied,
+            shape: self.shape,
+        };
+        tensor_type(b.format, &c, t)
     }
 
     /// Plans every file and writes everything that does not depend on calibration.
@@ -307,9 +342,10 @@ impl<'a> CalibratedWriter<'a> {
         out: &Path,
         r: &Recipe,
         o: &ExportOptions,
-        n_layer: usize,
+        shape: ModelShape,
         calib_hash: &str,
     ) -> Result<Self> {
+        let n_layer = shape.n_layer;
         o.format.check(&r.quant)?;
         let arch = src.arch_name()?.to_string();
         let tensors = src.tensors();
@@ -336,6 +372,7 @@ impl<'a> CalibratedWriter<'a> {
             lora_type: o.lora_type,
             blocks,
             tied,
+            shape,
             mapping: MappingError::default(),
             summary: TypeSummary::default(),
             out: out.to_path_buf(),
@@ -351,18 +388,26 @@ impl<'a> CalibratedWriter<'a> {
         if o.f16_twin && o.format != Format::F16 {
             outputs.push((twin_path(out), Format::F16));
         }
+        let c = PlanContext {
+            o,
+            spec: &r.quant,
+            tied,
+            shape,
+        };
         for (path, format) in outputs {
             let plan: Vec<TensorPlan> = globals
                 .iter()
                 .chain(me.blocks.iter().flatten())
                 .map(|t| TensorPlan {
                     name: t.name.clone(),
-                    ty: tensor_type(format, o, &r.quant, tied, t),
+                    ty: tensor_type(format, &c, t),
                     ne: t.ne.clone(),
                 })
                 .collect();
             if path == out {
-                me.summary = TypeSummary::of(&plan, format)?;
+                // A fallback: a linear not in the type it was given (F16: not quantizable).
+                let fell = |t: &TensorPlan| o.linear_type(&t.name, t.ne[0], shape).0 != t.ty;
+                me.summary = TypeSummary::of(&plan, fell)?;
             }
             let mut kv = src_kv.clone();
             let at = kv
@@ -373,7 +418,11 @@ impl<'a> CalibratedWriter<'a> {
                 at,
                 (
                     keys::GENERAL_FILE_TYPE.into(),
-                    Value::U32(format.file_type()),
+                    Value::U32(if format == o.format {
+                        o.file_type()
+                    } else {
+                        format.file_type(true)
+                    }),
                 ),
             );
             if format != Format::F16

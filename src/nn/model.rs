@@ -6,7 +6,7 @@ use candle_core::{Result, Tensor, D};
 
 use super::block::{self, BlockNorms, Rope};
 use super::hparams::HParams;
-use crate::quant::FrozenBase;
+use crate::quant::{FrozenBase, KGrid};
 
 /// Frozen weights of one block: norms, biases and the seven `[out, in]` matrices.
 pub struct BlockWeights {
@@ -15,6 +15,9 @@ pub struct BlockWeights {
     /// Per linear, a frozen quantization by ggml that only the LoRA trains over; empty
     /// unless the format is one (`apiq::frozen`).
     pub frozen: Vec<FrozenBase>,
+    /// Per linear, the K grid it trains through where that is not the recipe's (a K format's
+    /// mixture or `--tensor-type`); empty: the recipe's for all.
+    pub kgrids: Vec<Option<KGrid>>,
 }
 
 impl BlockWeights {

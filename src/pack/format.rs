@@ -20,36 +20,53 @@ pub enum Format {
     /// Q4_1 (5 bpw), stock everywhere: exact for any bits ≤ 4 (made for 4-bit, group 32).
     #[value(name = "q4_1")]
     Q4_1,
-    /// Q2_K (2.625 bpw), stock everywhere: calibrated through Q2_K's own two-level grid and
-    /// written bit for bit; rows not a multiple of 256 train on the groups and fall back to
+    /// llama-quantize's Q2_K (Q2_K linears, attn_v/ffn_down/attn_output in Q3_K or Q4_K; --pure:
+    /// all Q2_K), stock everywhere: each linear calibrated through its own type's two-level grid
+    /// and written bit for bit; rows not a multiple of 256 train on the groups and fall back to
     /// Q4_0 as llama-quantize does.
     #[value(name = "q2_k")]
     Q2K,
+    /// llama-quantize's Q2_K_S (attn_v and the first eighth of ffn_down in Q4_K).
+    #[value(name = "q2_k_s")]
+    Q2KS,
     /// Q3_K (3.44 bpw), stock everywhere, calibrated through its own symmetric grid (needs
     /// --bits 3; one clipping factor per sub-block); fallback Q4_0.
     #[value(name = "q3_k")]
     Q3K,
-    /// Q4_K (4.5 bpw), stock everywhere, calibrated through its own grid (needs --bits 4);
-    /// fallback Q5_0.
+    /// llama-quantize's Q3_K_M (attn_v, ffn_down, attn_output in Q4_K/Q5_K; needs --bits 3).
+    #[value(name = "q3_k_m")]
+    Q3KM,
+    /// llama-quantize's Q3_K_L (attn_v, ffn_down, attn_output in Q5_K; needs --bits 3).
+    #[value(name = "q3_k_l")]
+    Q3KL,
+    /// llama-quantize's Q4_K_S: Q4_K (4.5 bpw), attn_v of blocks 0–3 and the first eighth of
+    /// ffn_down in Q5_K, calibrated through their own grids (needs --bits 4); fallback Q5_0.
     #[value(name = "q4_k")]
     Q4K,
+    /// llama-quantize's Q4_K_M (attn_v and ffn_down of half the blocks in Q6_K; --bits 4).
+    #[value(name = "q4_k_m")]
+    Q4KM,
     /// Q5_K (5.5 bpw), stock everywhere, calibrated through its own grid (needs --bits 5);
     /// fallback Q5_1.
     #[value(name = "q5_k")]
     Q5K,
+    /// llama-quantize's Q5_K_M (attn_v and ffn_down of half the blocks in Q6_K; --bits 5).
+    #[value(name = "q5_k_m")]
+    Q5KM,
     /// Q6_K (6.56 bpw), stock everywhere, calibrated through its own symmetric grid (needs
     /// --bits 6); fallback Q8_0.
     #[value(name = "q6_k")]
     Q6K,
     /// IQ2_XXS (2.06 bpw): ggml's own quantization with the chain's importance matrix, frozen;
-    /// only the LoRA trains over it (as IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S). Rows not a multiple of
-    /// 256 fall back to IQ4_NL as llama-quantize does.
+    /// only the LoRA trains over it (as IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S). llama-quantize's mixture
+    /// of the type (attn_v Q4_K …; --pure: none). Rows not a multiple of 256 fall back to
+    /// IQ4_NL as llama-quantize does.
     #[value(name = "iq2_xxs")]
     Iq2Xxs,
     /// IQ2_XS (2.31 bpw), frozen base + LoRA.
     #[value(name = "iq2_xs")]
     Iq2Xs,
-    /// IQ2_S (2.5 bpw), frozen base + LoRA.
+    /// IQ2_S (2.5 bpw), frozen base + LoRA; llama-quantize's IQ2_M mixture.
     #[value(name = "iq2_s")]
     Iq2S,
     /// IQ3_XXS (3.06 bpw), frozen base + LoRA.
@@ -115,9 +132,14 @@ impl Format {
             Format::Q2_0 => "q2_0",
             Format::Q4_1 => "q4_1",
             Format::Q2K => "q2_k",
+            Format::Q2KS => "q2_k_s",
             Format::Q3K => "q3_k",
+            Format::Q3KM => "q3_k_m",
+            Format::Q3KL => "q3_k_l",
             Format::Q4K => "q4_k",
+            Format::Q4KM => "q4_k_m",
             Format::Q5K => "q5_k",
+            Format::Q5KM => "q5_k_m",
             Format::Q6K => "q6_k",
             Format::Iq2Xxs => "iq2_xxs",
             Format::Iq2Xs => "iq2_xs",
@@ -147,10 +169,10 @@ impl Format {
             Format::Apiq2 => GgmlType::APIQ2,
             Format::Q2_0 => GgmlType::Q2_0,
             Format::Q4_1 => GgmlType::Q4_1,
-            Format::Q2K => GgmlType::Q2_K,
-            Format::Q3K => GgmlType::Q3_K,
-            Format::Q4K => GgmlType::Q4_K,
-            Format::Q5K => GgmlType::Q5_K,
+            Format::Q2K | Format::Q2KS => GgmlType::Q2_K,
+            Format::Q3K | Format::Q3KM | Format::Q3KL => GgmlType::Q3_K,
+            Format::Q4K | Format::Q4KM => GgmlType::Q4_K,
+            Format::Q5K | Format::Q5KM => GgmlType::Q5_K,
             Format::Q6K => GgmlType::Q6_K,
             Format::Iq2Xxs => GgmlType::IQ2_XXS,
             Format::Iq2Xs => GgmlType::IQ2_XS,
@@ -161,17 +183,29 @@ impl Format {
         }
     }
 
-    /// `general.file_type` (`llama_ftype`).
-    pub fn file_type(self) -> u32 {
+    /// `general.file_type` (`llama_ftype`) of the format's mixture (`pure`: every linear in
+    /// the format's type, which only `iq2_s` names otherwise: IQ2_M is its mixture).
+    pub fn file_type(self, pure: bool) -> u32 {
+        match self {
+            Format::Iq2S if !pure => 29,
+            _ => self.pure_file_type(),
+        }
+    }
+
+    fn pure_file_type(self) -> u32 {
         match self {
             Format::Apiq2 => FTYPE_MOSTLY_APIQ2,
             Format::Q2_0 => 41,
             Format::Q4_1 => 3,
             Format::Q2K => 10,
-            // Q3_K_S / Q4_K_S / Q5_K_S: every linear in the type, as ours are.
+            Format::Q2KS => 21,
             Format::Q3K => 11,
+            Format::Q3KM => 12,
+            Format::Q3KL => 13,
             Format::Q4K => 14,
+            Format::Q4KM => 15,
             Format::Q5K => 16,
+            Format::Q5KM => 17,
             Format::Q6K => 18,
             Format::Iq2Xxs => 19,
             Format::Iq2Xs => 20,
@@ -206,7 +240,16 @@ impl Format {
             | Format::Iq3Xxs
             | Format::Iq3S
             | Format::F16 => Ok(()),
-            Format::Q2K | Format::Q3K | Format::Q4K | Format::Q5K | Format::Q6K => {
+            Format::Q2K
+            | Format::Q2KS
+            | Format::Q3K
+            | Format::Q3KM
+            | Format::Q3KL
+            | Format::Q4K
+            | Format::Q4KM
+            | Format::Q5K
+            | Format::Q5KM
+            | Format::Q6K => {
                 let k = self.kgrid().expect("a K format");
                 if bits != k.bits() {
                     bail!(
@@ -239,10 +282,10 @@ impl Format {
     /// The K grid the format's linears are calibrated through.
     pub fn kgrid(self) -> Option<KGrid> {
         match self {
-            Format::Q2K => Some(KGrid::Q2K),
-            Format::Q3K => Some(KGrid::Q3K),
-            Format::Q4K => Some(KGrid::Q4K),
-            Format::Q5K => Some(KGrid::Q5K),
+            Format::Q2K | Format::Q2KS => Some(KGrid::Q2K),
+            Format::Q3K | Format::Q3KM | Format::Q3KL => Some(KGrid::Q3K),
+            Format::Q4K | Format::Q4KM => Some(KGrid::Q4K),
+            Format::Q5K | Format::Q5KM => Some(KGrid::Q5K),
             Format::Q6K => Some(KGrid::Q6K),
             _ => None,
         }

@@ -6,6 +6,7 @@ pub mod blocks;
 pub mod format;
 pub mod kquants;
 pub mod mapping;
+pub mod mix;
 pub mod overrides;
 
 use anyhow::{bail, Result};

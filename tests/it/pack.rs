@@ -266,21 +266,34 @@ fn apiq2_holds_the_calibration_bit_for_bit_and_q8_0_adapters_load() {
 
 #[test]
 fn k_formats_are_the_trained_grid_and_run_with_their_adapter() {
-    // SmolLM2's ffn_down (1536 inputs, six super-blocks) trains through the K type's own grid
+    // SmolLM2's ffn_down (1536 inputs, six super-blocks) trains through its K type's own grid
     // and is written bit for bit; its 576-wide linears hold no whole super-block, train on the
     // groups and fall back as llama-quantize does (Q2_K, Q3_K → Q4_0, Q4_K → Q5_0), error
-    // reported (Q4_0 holds 3-bit groups exactly). Q3_K is the symmetric grid.
+    // reported (Q4_0 holds 3-bit groups exactly). Q3_K is the symmetric grid. q2_k follows
+    // llama-quantize's Q2_K mixture, so ffn_down is Q3_K there, trained through Q3_K's grid
+    // in a 2-bit run; q4_k with --pure keeps every ffn_down Q4_K (its mixture, Q4_K_S, puts
+    // the first eighth in Q5_K).
     // At 2 bits SmolLM2 is broken by any method (perplexity in the 10⁵), where activation
-    // rounding moves perplexity by tens of percent: only Q4_K is held to its twin's, within
-    // what its Q5_0 fallback adds (ggml's Q5_0 of the 4-bit groups: 8.53 vs 8.25 at this seed).
+    // rounding moves perplexity by tens of percent: Q3_K and Q4_K are held to their twins',
+    // within what the Q4_0 / Q5_0 fallbacks add (ggml's Q5_0 of the 4-bit groups: 8.53 vs
+    // 8.25 at this seed).
     // Q3_K and Q4_K start their clipping from ggml's own ranges (--k-init ggml), Q2_K from
     // LWC's σ(4).
-    for (format, bits, init, ty, fallback, tolerance) in [
-        ("q2_k", "2", "lwc", GgmlType::Q2_K, GgmlType::Q4_0, None),
+    for (format, bits, init, pure, ty, fallback, tolerance) in [
+        (
+            "q2_k",
+            "2",
+            "lwc",
+            false,
+            GgmlType::Q3_K,
+            GgmlType::Q4_0,
+            None,
+        ),
         (
             "q3_k",
             "3",
             "ggml",
+            false,
             GgmlType::Q3_K,
             GgmlType::Q4_0,
             Some(0.05),
@@ -289,6 +302,7 @@ fn k_formats_are_the_trained_grid_and_run_with_their_adapter() {
             "q4_k",
             "4",
             "ggml",
+            true,
             GgmlType::Q4_K,
             GgmlType::Q5_0,
             Some(0.05),
@@ -317,7 +331,10 @@ fn k_formats_are_the_trained_grid_and_run_with_their_adapter() {
                 "8",
                 "--calib-max-bytes",
                 "20000",
-            ],
+            ]
+            .into_iter()
+            .chain(pure.then_some("--pure"))
+            .collect::<Vec<_>>(),
         );
         let log = String::from_utf8_lossy(&o.stderr);
         assert!(log.contains(&format!("clipping from {init}")), "{log}");
@@ -433,7 +450,11 @@ fn formats_refuse_grids_they_cannot_hold() {
         ),
         (
             &["--format", "q2_0", "--tensor-type", "ffn_up=q4_k"][..],
-            "types per linear need a frozen format",
+            "types per linear need a K format",
+        ),
+        (
+            &["--format", "q2_k", "--tensor-type", "ffn_up=q8_0"][..],
+            "give it a K type",
         ),
         (
             &["--tensor-type", "token_embd=iq2_xs"][..],
@@ -499,8 +520,18 @@ fn lora_over_a_frozen_iq_base_keeps_ggml_bytes_and_runs_with_its_adapter() {
         log.contains("ggml's iq2_xs with the importance matrix"),
         "{log}"
     );
-    assert_eq!(assert_packed_equals_twin(&out, GgmlType::IQ2_XS), 30);
-    // attn_v as --tensor-type asked (ggml's Q4_0 with the imatrix), the rest IQ4_NL.
+    // llama-quantize's IQ2_XS mixture: the first eighth of ffn_down (blocks 0–2 of 30) Q2_K,
+    // frozen alike; attn_v as --tensor-type asked (ggml's Q4_0 with the imatrix, over the
+    // mixture's Q2_K), the rest IQ4_NL.
+    assert_eq!(assert_packed_equals_twin(&out, GgmlType::IQ2_XS), 27);
+    assert_eq!(assert_packed_equals_twin(&out, GgmlType::Q2_K), 3);
+    for b in 0..3 {
+        let t = format!("blk.{b}.ffn_down.weight");
+        assert_eq!(
+            GgufFile::open(&out).unwrap().tensor(&t).unwrap().ty,
+            GgmlType::Q2_K
+        );
+    }
     assert_eq!(assert_packed_equals_twin(&out, GgmlType::Q4_0), 30);
     assert_eq!(assert_packed_equals_twin(&out, GgmlType::IQ4_NL), 30 * 5);
     let p = GgufFile::open(&out).unwrap();
