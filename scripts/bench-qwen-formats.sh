@@ -8,7 +8,8 @@
 # recipe is far too small for that; the GPU recipe is docs/results-*.md's job). Not in CI.
 #   scripts/bench-qwen-formats.sh [WORK]  (default .cache/bench-qwen; finished files are reused)
 # Environment: FORMATS ("q2_k:2 q4_k:4 q5_k:5 iq2_xs:2"), NSAMPLES (2), SEQLEN (64), EPOCHS (1),
-#   CHUNKS (4, of 512 tokens of WikiText-2 test), THREADS (all cores).
+#   CHUNKS (4, of 512 tokens of WikiText-2 test), THREADS (all cores), FLAGS (more calibration
+#   flags, e.g. "--k-init ggml" or "--pure"; give each its own WORK).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -41,12 +42,18 @@ for f in $formats; do
     t0=$SECONDS
     "$bin" "$src" "$out" --format "$fmt" --bits "$bits" --calib "$calib" \
       --nsamples "${NSAMPLES:-2}" --seqlen "${SEQLEN:-64}" --epochs "${EPOCHS:-1}" \
-      --lora-rank 16 --lora-type q8_0 >"$out.log" 2>&1 ||
+      --lora-rank 16 --lora-type q8_0 ${FLAGS:-} >"$out.log" 2>&1 ||
       { echo "error: calibration $fmt failed:" >&2; tail -5 "$out.log" >&2; exit 1; }
     echo "$((SECONDS - t0))" >"$out.seconds"
   fi
   lora=${out%.gguf}.lora.gguf
-  ty=$(echo "$fmt" | tr a-z A-Z)
+  # llama-quantize's file type with the same mixture (its Q4_K alone means Q4_K_M, its IQ2_S
+  # is IQ2_XS linears: ours follow Q4_K_S and IQ2_M).
+  case $fmt in
+    q3_k | q4_k | q5_k) ty=$(echo "${fmt}_s" | tr a-z A-Z) ;;
+    iq2_s) ty=IQ2_M ;;
+    *) ty=$(echo "$fmt" | tr a-z A-Z) ;;
+  esac
   theirs=$work/llama-$fmt.gguf qflags=() how="no imatrix" ours="ApiQ through $ty"
   if [[ $fmt == iq* ]]; then
     im=$work/imatrix.gguf

@@ -20,12 +20,13 @@ eval_dir=$(mktemp -d)
 trap 'rm -rf "$eval_dir"' EXIT
 tail -c 60000 ../shared/data/calib/tiny.utf8 | tail -n +2 > "$eval_dir/held.txt"
 target/release/apiq2gguf --quiet eval ../shared/models/stories260K/stories260K.gguf "$eval_dir/out" \
-  --text "$eval_dir/held.txt" --bits 2 --quick --calib ../shared/data/calib/tiny.utf8 \
+  --text "$eval_dir/held.txt" --bits 2 --formats q2_k --quick --calib ../shared/data/calib/tiny.utf8 \
   --calib-max-bytes 200000 -c 256 --chunks 4 --llama-bin "$bin" > "$eval_dir/table.md"
-# 6 of ours, then each stock type without (where allowed) and with an importance matrix: 10.
+# 6 of ours at --bits 2 and 2 of --formats q2_k; then each of the 12 stock types with an
+# importance matrix and the 7 that llama-quantize makes without one: 19.
 rows=$(grep -c '^| llama-' "$eval_dir/table.md" || true)
-ours=$(grep -Ec '^\| (rtn|lwc|apiq-bw)-' "$eval_dir/table.md" || true)
-if [ "$rows" != 10 ] || [ "$ours" != 6 ] || grep -Eq '\| (NaN|inf)' "$eval_dir/table.md"; then
+ours=$(grep -Ec '^\| (rtn|lwc|apiq-bw|apiq-q2_k)-' "$eval_dir/table.md" || true)
+if [ "$rows" != 19 ] || [ "$ours" != 8 ] || grep -Eq '\| (NaN|inf)' "$eval_dir/table.md"; then
   echo "error: eval's table is missing rows ($rows stock, $ours ours):" >&2
   cat "$eval_dir/table.md" >&2
   exit 1

@@ -133,8 +133,9 @@ pub struct CalibCli {
     /// (candle's ops and autograd, the reference). The CPU always runs candle's.
     #[arg(long, value_enum, default_value_t = Kernels::Fused, help_heading = "Calibration")]
     pub kernels: Kernels,
-    /// Where the clipping of a K format (q2_k, q4_k, q5_k) starts: lwc (σ(4) = 0.982 of each
-    /// sub-block's range, ApiQ's start) or ggml (the ranges ggml's own quantizer picks).
+    /// Where the clipping of a K format (q2_k … q6_k) starts: lwc (σ(4) = 0.982 of each
+    /// sub-block's range, ApiQ's start) or ggml (the ranges ggml's own quantizer picks with the
+    /// importance matrix of the quantized chain, as llama-quantize with llama-imatrix's).
     #[arg(long, value_enum, default_value_t = KInit::Lwc, help_heading = "Calibration")]
     pub k_init: KInit,
     /// Also train an LWC-only copy of every block on the same inputs, for the closing table.
@@ -237,6 +238,10 @@ pub struct EvalCli {
     /// Evaluation text(s), each scored for every row.
     #[arg(long = "text", num_args = 1.., required = true)]
     pub texts: Vec<PathBuf>,
+    /// Our K and IQ formats to add rows of (ApiQ-bw, Q8_0 LoRA r16 and r32, each at its own
+    /// bits; q2_k, q4_k_m, iq2_xs …), beside llama-quantize's rows of the same names.
+    #[arg(long, value_enum, num_args = 1..)]
+    pub formats: Vec<Format>,
     /// Weight bits of the quantized rows.
     #[arg(long, num_args = 1.., default_values_t = [2u32, 3, 4])]
     pub bits: Vec<u32>,

@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::eval_plot::{Family, Point};
+use crate::pack::Format;
 use crate::runtime::compare::{self, CompareArgs, Comparison};
 use crate::runtime::Runtime;
 
@@ -33,6 +34,9 @@ pub struct RowSpec {
     /// A llama.cpp type made by stock `llama-quantize` instead of our calibration.
     #[serde(default)]
     pub stock: Option<Stock>,
+    /// Our `--format` (a K or IQ one) where not the default for the bits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
 }
 
 /// A row of llama.cpp's own: `llama-quantize SOURCE OUT TYPE`, with an importance matrix from
@@ -52,8 +56,11 @@ fn needs_imatrix(ftype: &str) -> bool {
     )
 }
 
-/// The stock types compared by default.
-pub const STOCK_TYPES: [&str; 6] = ["Q2_0", "Q2_K", "IQ2_XS", "IQ2_M", "Q3_K_S", "Q4_0"];
+/// The stock types compared by default: llama-quantize's named mixtures from 2 to 4.5 bits.
+pub const STOCK_TYPES: [&str; 12] = [
+    "Q2_0", "Q2_K", "Q2_K_S", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ2_M", "IQ3_XXS", "Q3_K_S", "Q3_K_M",
+    "Q4_0", "Q4_K_M",
+];
 
 impl RowSpec {
     fn args(&self) -> Vec<String> {
@@ -73,6 +80,9 @@ impl RowSpec {
             None if self.method != "rtn" => a.push("--no-lora".into()),
             None => {}
         }
+        if let Some(f) = &self.format {
+            a.extend(["--format".into(), f.clone()]);
+        }
         a.extend(self.recipe.iter().cloned());
         a
     }
@@ -89,9 +99,16 @@ impl RowSpec {
 }
 
 /// The matrix: RTN, LWC only and ApiQ-bw with LoRA ranks 16 and 64 stored as F16 or Q8_0, at
-/// each of `bits`; then each of `stock` types by llama-quantize, without an importance matrix
-/// (where llama-quantize allows it) and with one.
-pub fn matrix(bits: &[u32], recipe: &[String], stock: &[String]) -> Vec<RowSpec> {
+/// each of `bits`; ApiQ-bw with Q8_0 LoRA ranks 16 and 32 in each of `formats` (our K and IQ
+/// formats, at their own bits: the rows that compare like with like with llama-quantize's);
+/// then each of `stock` types by llama-quantize, without an importance matrix (where
+/// llama-quantize allows it) and with one.
+pub fn matrix(
+    bits: &[u32],
+    formats: &[Format],
+    recipe: &[String],
+    stock: &[String],
+) -> Vec<RowSpec> {
     let mut rows = Vec::new();
     for &b in bits {
         let row = |name: String, method: &str, rank: Option<usize>, lora_type: &str| RowSpec {
@@ -102,6 +119,7 @@ pub fn matrix(bits: &[u32], recipe: &[String], stock: &[String]) -> Vec<RowSpec>
             lora_type: lora_type.into(),
             recipe: recipe.to_vec(),
             stock: None,
+            format: None,
         };
         rows.push(row(format!("rtn-{b}bit"), "rtn", None, "f16"));
         rows.push(row(format!("lwc-{b}bit"), "apiq-bw", None, "f16"));
@@ -114,6 +132,20 @@ pub fn matrix(bits: &[u32], recipe: &[String], stock: &[String]) -> Vec<RowSpec>
                     t,
                 ));
             }
+        }
+    }
+    for f in formats {
+        for r in [16, 32] {
+            rows.push(RowSpec {
+                name: format!("apiq-{}-r{r}-q8_0", f.name()),
+                method: "apiq-bw".into(),
+                bits: f.kgrid().map_or(2, |k| k.bits()),
+                rank: Some(r),
+                lora_type: "q8_0".into(),
+                recipe: recipe.to_vec(),
+                stock: None,
+                format: Some(f.name().into()),
+            });
         }
     }
     for t in stock {
@@ -137,6 +169,7 @@ pub fn matrix(bits: &[u32], recipe: &[String], stock: &[String]) -> Vec<RowSpec>
                     ftype: t.to_ascii_uppercase(),
                     imatrix,
                 }),
+                format: None,
             });
         }
     }
@@ -443,9 +476,10 @@ pub fn table(source: &Path, source_bytes: u64, texts: &[PathBuf], rows: &[RowRes
     }
     s += "\n";
     for r in rows {
-        let bits = match &r.spec.stock {
-            Some(st) => st.ftype.clone(),
-            None => r.spec.bits.to_string(),
+        let bits = match (&r.spec.stock, &r.spec.format) {
+            (Some(st), _) => st.ftype.clone(),
+            (None, Some(f)) => f.to_ascii_uppercase(),
+            (None, None) => r.spec.bits.to_string(),
         };
         s += &format!(
             "| {} | {} | {} | {} | {} |",

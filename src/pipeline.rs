@@ -219,6 +219,10 @@ impl Run<'_> {
                         Ok(a.export.kgrid_of(&name(i), cols, shape(hp)))
                     })
                     .collect::<candle_core::Result<_>>()?;
+                if r.k_init == crate::quant::KInit::Ggml && r.trains() && !state.has(layer) {
+                    bw.imatrix =
+                        crate::apiq::imatrix::imatrix(hp, &rope, &bw, &q_in).with_context(ctx)?;
+                }
             }
             let fp_out: Vec<Tensor> = fp_in
                 .iter()

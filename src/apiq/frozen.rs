@@ -3,61 +3,18 @@
 //! with an importance matrix, and only the LoRA pair then trains, with ApiQ's block-wise loss,
 //! schedule and block order. The file holds ggml's bytes unchanged.
 //!
-//! The importance matrix is what `llama-imatrix` computes, one value per input column: the mean
-//! of the squared input activation over every token of the calibration windows. Here the
-//! inputs are those of the quantized chain (the windows through the blocks already quantized,
-//! LoRA included), so each block is quantized for the activations it will really see.
-
-use std::cell::RefCell;
+//! The importance matrix ([`super::imatrix`]) comes from the quantized chain, so each block is
+//! quantized for the activations it will really see.
 
 use anyhow::{Context, Result};
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 
+use super::imatrix::imatrix;
 use crate::ggml::{stock, GgmlType};
-use crate::nn::block::{self, Rope, LINEARS};
+use crate::nn::block::{Rope, LINEARS};
 use crate::nn::hparams::HParams;
 use crate::nn::model::BlockWeights;
 use crate::quant::FrozenBase;
-
-/// Per linear, the mean squared input activation of each column over the windows `x`
-/// (`[1, L, E]` each), through the block's full-precision weights.
-pub fn imatrix(
-    hp: &HParams,
-    rope: &Rope,
-    bw: &BlockWeights,
-    x: &[Tensor],
-) -> Result<Vec<Vec<f32>>> {
-    let sums: RefCell<Vec<Option<Tensor>>> = RefCell::new(vec![None; LINEARS.len()]);
-    let mut tokens = 0usize;
-    for w in x {
-        let (b, l, _) = w.dims3()?;
-        tokens += b * l;
-        block::forward(
-            hp,
-            rope,
-            &bw.norms,
-            &|i, h| {
-                let sq = h.to_dtype(DType::F32)?.sqr()?;
-                let col = sq.flatten_to(D::Minus2)?.sum(0)?;
-                let mut s = sums.borrow_mut();
-                s[i] = Some(match s[i].take() {
-                    Some(acc) => (acc + col)?,
-                    None => col,
-                });
-                block::matmul_t(h, &bw.w[i])
-            },
-            w,
-        )?;
-    }
-    sums.into_inner()
-        .into_iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let s = s.with_context(|| format!("{}: no input seen", LINEARS[i]))?;
-            Ok((s / tokens.max(1) as f64)?.to_vec1()?)
-        })
-        .collect()
-}
 
 /// Linear `w` (`[out, in]`) quantized by ggml into `ty` with importance `imatrix` (F16/F32
 /// need none and get none).

@@ -6,6 +6,7 @@ mod adamw_cuda;
 mod adamw_step;
 pub mod collective;
 pub mod frozen;
+pub mod imatrix;
 pub mod kstart;
 pub mod parallel;
 #[cfg(feature = "nccl")]

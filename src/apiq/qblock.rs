@@ -108,10 +108,11 @@ impl TrainLinear {
         })
     }
 
-    /// Starts a K grid's clipping from ggml's own quantizer's ranges ([`kstart`]).
-    pub fn start_from(&mut self, init: KInit) -> anyhow::Result<()> {
+    /// Starts a K grid's clipping from ggml's own quantizer's ranges ([`kstart`]), weighted
+    /// by `imatrix` (one value per input column) if given.
+    pub fn start_from(&mut self, init: KInit, imatrix: Option<&[f32]>) -> anyhow::Result<()> {
         if let (KInit::Ggml, Some(k), Some((gw, lwc))) = (init, self.kgrid, &mut self.quant) {
-            let (g, b) = kstart::ggml_logits(k, gw)?;
+            let (g, b) = kstart::ggml_logits(k, gw, imatrix)?;
             *lwc = Lwc::from_logits(&g, &b, gw.w.dtype(), gw.w.device())?;
         }
         Ok(())

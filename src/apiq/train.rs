@@ -76,8 +76,8 @@ pub(crate) fn new_linears(
                 }
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-    for l in &mut linears {
-        l.start_from(r.k_init)?;
+    for (i, l) in linears.iter_mut().enumerate() {
+        l.start_from(r.k_init, bw.imatrix.get(i).map(Vec::as_slice))?;
     }
     Ok(linears)
 }
@@ -701,6 +701,7 @@ mod tests {
             w: shapes.iter().map(|&s| randn(s, 0.5, &dev)).collect(),
             frozen: Vec::new(),
             kgrids: Vec::new(),
+            imatrix: Vec::new(),
         };
         let rope = Rope::new(&hp, l, DType::F64, &dev)
             .unwrap()

@@ -64,6 +64,7 @@ pub fn block(
         w,
         frozen: Vec::new(),
         kgrids: Vec::new(),
+        imatrix: Vec::new(),
     })
 }
 

@@ -27,7 +27,7 @@ pub fn eval(a: EvalCli, verbose: bool) -> Result<()> {
         source: a.model.clone(),
         dir: a.dir.clone(),
         texts: a.texts.clone(),
-        rows: crate::eval::matrix(&a.bits, &a.recipe(), &stock_types),
+        rows: crate::eval::matrix(&a.bits, &a.formats, &a.recipe(), &stock_types),
         n_ctx: a.ctx,
         n_chunks: a.chunks,
         threads: runtime::threads(a.threads),

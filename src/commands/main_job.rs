@@ -96,7 +96,10 @@ fn calibrate(
             k.bits(),
             if k.symmetric() { "symmetric" } else { "asymmetric" },
             k.sub_len(),
-            clap::ValueEnum::to_possible_value(&r.k_init).map_or_else(String::new, |v| v.get_name().to_string()),
+            match r.k_init {
+                crate::quant::KInit::Ggml => "ggml's quantizer with the chain's importance matrix",
+                crate::quant::KInit::Lwc => "lwc",
+            },
         ),
         (None, None) => groups,
     };

@@ -18,6 +18,9 @@ pub struct BlockWeights {
     /// Per linear, the K grid it trains through where that is not the recipe's (a K format's
     /// mixture or `--tensor-type`); empty: the recipe's for all.
     pub kgrids: Vec<Option<KGrid>>,
+    /// Per linear, the importance of each input column over the quantized chain's windows
+    /// (`--k-init ggml` starts from ggml's quantization with it); empty: none.
+    pub imatrix: Vec<Vec<f32>>,
 }
 
 impl BlockWeights {

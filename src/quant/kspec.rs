@@ -113,8 +113,9 @@ pub enum KInit {
     /// LWC's start, σ(4) = 0.982 of each sub-block's range.
     #[default]
     Lwc,
-    /// The range of each sub-block that ggml's own quantizer (`quantize_row_q*_K_ref`, no
-    /// importance matrix) picks for the weight: training starts where llama-quantize ends.
+    /// The range of each sub-block that ggml's own quantizer picks for the weight, with the
+    /// importance matrix of the quantized chain (llama-quantize with llama-imatrix's):
+    /// training starts where llama-quantize ends.
     Ggml,
 }
 
