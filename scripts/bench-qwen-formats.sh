@@ -9,7 +9,7 @@
 #   scripts/bench-qwen-formats.sh [WORK]  (default .cache/bench-qwen; finished files are reused)
 # Environment: FORMATS ("q2_k:2 q4_k:4 q5_k:5 iq2_xs:2"), NSAMPLES (2), SEQLEN (64), EPOCHS (1),
 #   CHUNKS (4, of 512 tokens of WikiText-2 test), THREADS (all cores), FLAGS (more calibration
-#   flags, e.g. "--k-init ggml" or "--pure"; give each its own WORK).
+#   flags, e.g. "--k-init lwc" or "--pure"; give each its own WORK).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"

@@ -133,11 +133,12 @@ pub struct CalibCli {
     /// (candle's ops and autograd, the reference). The CPU always runs candle's.
     #[arg(long, value_enum, default_value_t = Kernels::Fused, help_heading = "Calibration")]
     pub kernels: Kernels,
-    /// Where the clipping of a K format (q2_k … q6_k) starts: lwc (σ(4) = 0.982 of each
-    /// sub-block's range, ApiQ's start) or ggml (the ranges ggml's own quantizer picks with the
-    /// importance matrix of the quantized chain, as llama-quantize with llama-imatrix's).
-    #[arg(long, value_enum, default_value_t = KInit::Lwc, help_heading = "Calibration")]
-    pub k_init: KInit,
+    /// Where the clipping of a K format (q2_k … q6_k) starts: ggml (the default: the ranges
+    /// ggml's own quantizer picks with the importance matrix of the quantized chain, as
+    /// llama-quantize with llama-imatrix's) or lwc (σ(4) = 0.982 of each sub-block's range,
+    /// ApiQ's start, as the group formats always do).
+    #[arg(long, value_enum, help_heading = "Calibration")]
+    pub k_init: Option<KInit>,
     /// Also train an LWC-only copy of every block on the same inputs, for the closing table.
     #[arg(long, help_heading = "Calibration")]
     pub baselines: bool,
@@ -574,7 +575,10 @@ impl CalibCli {
             batch: self.batch_size as usize,
             seed: self.seed,
             precision: compute.precision,
-            k_init: self.k_init,
+            k_init: match self.format().kgrid() {
+                Some(_) => self.k_init.unwrap_or(KInit::Ggml),
+                None => KInit::Lwc,
+            },
             frozen_base: self.format().frozen().then(|| self.format().name()),
             ..base
         }

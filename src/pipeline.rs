@@ -219,7 +219,11 @@ impl Run<'_> {
                         Ok(a.export.kgrid_of(&name(i), cols, shape(hp)))
                     })
                     .collect::<candle_core::Result<_>>()?;
-                if r.k_init == crate::quant::KInit::Ggml && r.trains() && !state.has(layer) {
+                let starts_from_ggml = r.k_init == crate::quant::KInit::Ggml
+                    && r.trains()
+                    && !state.has(layer)
+                    && bw.kgrids.iter().any(Option::is_some);
+                if starts_from_ggml {
                     bw.imatrix =
                         crate::apiq::imatrix::imatrix(hp, &rope, &bw, &q_in).with_context(ctx)?;
                 }

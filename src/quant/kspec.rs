@@ -110,7 +110,7 @@ impl KGrid {
 /// Where a K grid's clipping starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
 pub enum KInit {
-    /// LWC's start, σ(4) = 0.982 of each sub-block's range.
+    /// LWC's start, σ(4) = 0.982 of each sub-block's range (the group grids' only start).
     #[default]
     Lwc,
     /// The range of each sub-block that ggml's own quantizer picks for the weight, with the
