@@ -29,6 +29,7 @@ mod mmap;
 pub mod nn;
 pub mod output_check;
 pub mod pack;
+pub mod phases;
 pub mod pipeline;
 pub mod quant;
 pub mod report;

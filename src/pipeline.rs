@@ -22,6 +22,7 @@ use crate::calib::load::{self, shape};
 use crate::export::calibrated::{calib_hash, CalibratedWriter, ExportOptions, Written};
 use crate::nn::block::Rope;
 use crate::nn::compute::Compute;
+use crate::phases::{Phase, Phases};
 use crate::report::Progress;
 use crate::source::ModelSource;
 
@@ -54,6 +55,8 @@ pub struct BlockReport {
     pub loss_last: Option<f64>,
     pub seconds: f64,
     pub resumed: bool,
+    /// Where the block's time went.
+    pub phases: Phases,
 }
 
 pub struct Summary {
@@ -204,6 +207,7 @@ impl Run<'_> {
         let mut reports = Vec::with_capacity(hp.n_layer);
         for layer in 0..hp.n_layer {
             let t0 = Instant::now();
+            let mut clock = Phases::default();
             let mut bw = load::block(self.src, hp, layer, DTYPE, dev)?;
             let ctx = || format!("block {layer}");
             let name = |i: usize| format!("blk.{layer}.{}.weight", crate::nn::block::LINEARS[i]);
@@ -228,11 +232,13 @@ impl Run<'_> {
                         crate::apiq::imatrix::imatrix(hp, &rope, &bw, &q_in).with_context(ctx)?;
                 }
             }
+            clock.lap(Phase::Load);
             let fp_out: Vec<Tensor> = fp_in
                 .iter()
                 .map(|x| bw.forward_fp(hp, &rope, x))
                 .collect::<candle_core::Result<_>>()
                 .with_context(ctx)?;
+            clock.lap(Phase::Targets);
             let mut losses: Vec<Vec<f64>> = Vec::new();
             let data = train::BlockData {
                 hp,
@@ -276,20 +282,30 @@ impl Run<'_> {
                     let learned =
                         train::train(r, &data, r.lora.is_some(), c, &mut obs).with_context(ctx)?;
                     bar.finish_and_clear();
+                    clock.lap(Phase::Train);
                     if ui.is_some() {
                         state.save(layer, &learned)?;
                         note(layer + 1);
                     }
+                    clock.lap(Phase::State);
                     learned
                 }
             };
             let linears = train::finalize(r, &bw, &learned).with_context(ctx)?;
+            clock.lap(Phase::Finalize);
             let n = q_in.len();
+            // The quantized chain through the final block (LoRA included) is also what the
+            // block's final MSE measures: one forward for both.
+            let q_out: Vec<Tensor> = q_in
+                .iter()
+                .map(|x| crate::apiq::qblock::forward_final(hp, &rope, &bw.norms, &linears, x))
+                .collect::<candle_core::Result<_>>()?;
+            let mse_final = c.mean(train::mean_mse(&q_out, &fp_out)?, n, dev)?;
+            clock.lap(Phase::Chain);
             let mse = |linears: &[crate::apiq::qblock::FinalLinear]| -> Result<f64> {
                 let local = train::output_mse(hp, &rope, &bw, linears, &q_in, &fp_out)?;
                 c.mean(local, n, dev)
             };
-            let mse_final = mse(&linears)?;
             let mse_rtn = mse(&train::rtn_linears(r, &bw)?)?;
             let mse_lwc = if a.baselines && r.trains() && r.lora.is_some() && bw.frozen.is_empty() {
                 let lwc_recipe = Recipe {
@@ -301,15 +317,14 @@ impl Run<'_> {
             } else {
                 None
             };
-            // Advance both chains: the quantized one with the final block, LoRA included.
-            q_in = q_in
-                .iter()
-                .map(|x| crate::apiq::qblock::forward_final(hp, &rope, &bw.norms, &linears, x))
-                .collect::<candle_core::Result<_>>()?;
+            clock.lap(Phase::Diagnostics);
+            // Advance both chains.
+            q_in = q_out;
             fp_in = fp_out;
             if let Some(w) = writer.as_mut() {
                 w.write_block(layer, &linears)?;
             }
+            clock.lap(Phase::Write);
             let report = BlockReport {
                 layer,
                 mse_rtn,
@@ -319,6 +334,7 @@ impl Run<'_> {
                 loss_last: smoothed(&losses, steps, false),
                 seconds: t0.elapsed().as_secs_f64(),
                 resumed,
+                phases: clock,
             };
             if let Some((_, on_block)) = ui.as_mut() {
                 on_block(&report, hp.n_layer);

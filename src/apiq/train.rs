@@ -592,6 +592,32 @@ pub fn finalize(r: &Recipe, bw: &BlockWeights, learned: &[Learned]) -> Result<Ve
         .collect::<candle_core::Result<Vec<_>>>()?)
 }
 
+/// Mean over windows of the MSE of each output `outs(j)` against `targets[j]`, summed on the
+/// device (one read back, not one per window); an output lives only while its MSE is taken.
+fn mean_mse_of(
+    targets: &[Tensor],
+    outs: impl Fn(usize) -> candle_core::Result<Tensor>,
+) -> Result<f64> {
+    let mut sum: Option<Tensor> = None;
+    for (j, t) in targets.iter().enumerate() {
+        let m = mse(&outs(j)?, t)?.to_dtype(DType::F32)?;
+        sum = Some(match sum {
+            Some(s) => (s + m)?,
+            None => m,
+        });
+    }
+    let total = match sum {
+        Some(s) => f64::from(s.to_scalar::<f32>()?),
+        None => 0.0,
+    };
+    Ok(total / targets.len().max(1) as f64)
+}
+
+/// Mean over windows of the MSE of `outs` against `targets`.
+pub fn mean_mse(outs: &[Tensor], targets: &[Tensor]) -> Result<f64> {
+    mean_mse_of(targets, |j| Ok(outs[j].clone()))
+}
+
 /// Mean over windows of the block output MSE against the targets.
 pub fn output_mse(
     hp: &HParams,
@@ -601,12 +627,9 @@ pub fn output_mse(
     q_in: &[Tensor],
     fp_out: &[Tensor],
 ) -> Result<f64> {
-    let mut sum = 0.0;
-    for (x, t) in q_in.iter().zip(fp_out) {
-        let y = forward_final(hp, rope, &bw.norms, linears, x)?;
-        sum += mse(&y, t)?.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-    }
-    Ok(sum / q_in.len().max(1) as f64)
+    mean_mse_of(fp_out, |j| {
+        forward_final(hp, rope, &bw.norms, linears, &q_in[j])
+    })
 }
 
 /// The block's linears by plain round-to-nearest (the RTN baseline: no clipping, no LoRA).

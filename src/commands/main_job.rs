@@ -220,6 +220,11 @@ fn calibrate(
         );
     }
     eprintln!("calibration took {:.1} s", s.seconds);
+    let mut phases = crate::phases::Phases::default();
+    for b in &s.blocks {
+        phases.add(&b.phases);
+    }
+    eprintln!("time per phase, all blocks: {}", phases.line());
     Ok(())
 }
 
