@@ -89,17 +89,8 @@ mod tests {
             n_gqa: 6,
         };
         let count = |f: Format, want: GgmlType| -> usize {
-            let linears = [
-                "attn_q",
-                "attn_k",
-                "attn_v",
-                "attn_output",
-                "ffn_gate",
-                "ffn_up",
-                "ffn_down",
-            ];
             (0..28)
-                .flat_map(|l| linears.map(|n| linear_type(f, n, l, s)))
+                .flat_map(|l| crate::nn::block::LINEARS.map(|n| linear_type(f, n, l, s)))
                 .filter(|t| *t == want)
                 .count()
         };

@@ -25,11 +25,11 @@
 //! and a min for, so it is where LWC's (max, min) clipping maps one to one; the two-level
 //! rounding then decides how much of the learned (s, m) survives, and training sees that.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 use half::f16;
 
 use super::kgrid_sym;
-use super::kquantized::KQuantized;
+use super::kquantized::{host_groups, KQuantized};
 use super::kspec::KGrid;
 use super::quantizer::{clip_factors, GroupedWeight};
 use super::ste::{clamp_inclusive, f16_ste, nonzero_or_one, round_ste};
@@ -114,13 +114,8 @@ fn quantize_with_clip(
     clip_max: &[f32],
     clip_min: &[f32],
 ) -> Result<KQuantized> {
-    let w: Vec<Vec<f32>> = gw.w.to_dtype(DType::F32)?.to_vec2()?;
-    let xmax: Vec<f32> = gw.xmax.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let xmin: Vec<f32> = gw.xmin.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let (w, xmax, xmin) = host_groups(k, gw)?;
     let subs = k.subs();
-    if w.first().map(Vec::len) != Some(k.sub_len()) || !w.len().is_multiple_of(subs) {
-        candle_core::bail!("{}: not whole super-blocks", k.name());
-    }
     let (qmax, cmax) = (k.code_max() as f32, k.scale_max() as f32);
     let (inv_q, inv_c) = ((1.0 / k.code_max()) as f32, (1.0 / k.scale_max()) as f32);
     let n = w.len() * k.sub_len();

@@ -27,10 +27,10 @@
 //! in f32 (an f16 times an 8-bit and a 6-bit integer), so ggml's `dequantize_row_q3_K` /
 //! `q6_K` give back x̂ bit for bit.
 
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 use half::f16;
 
-use super::kquantized::KQuantized;
+use super::kquantized::{host_groups, KQuantized};
 use super::kspec::KGrid;
 use super::quantizer::GroupedWeight;
 use super::ste::{clamp_inclusive, f16_ste, nonzero_or_one, round_ste};
@@ -71,13 +71,8 @@ pub fn fake_quant(k: KGrid, gw: &GroupedWeight, gamma: &Tensor) -> Result<Tensor
 
 /// [`fake_quant`]'s forward on the host in f32 with the clipping factors σ(γ) given, codes kept.
 pub fn quantize_with_clip(k: KGrid, gw: &GroupedWeight, clip: &[f32]) -> Result<KQuantized> {
-    let w: Vec<Vec<f32>> = gw.w.to_dtype(DType::F32)?.to_vec2()?;
-    let xmax: Vec<f32> = gw.xmax.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let xmin: Vec<f32> = gw.xmin.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let (w, xmax, xmin) = host_groups(k, gw)?;
     let subs = k.subs();
-    if w.first().map(Vec::len) != Some(k.sub_len()) || !w.len().is_multiple_of(subs) {
-        candle_core::bail!("{}: not whole super-blocks", k.name());
-    }
     let (qmin, qmax) = (k.code_min() as f32, k.code_max() as f32);
     let neg = -qmin;
     let c = -k.scale_min() as f32;
