@@ -308,11 +308,6 @@ impl Format {
         }
     }
 
-    /// Type of a calibrated linear whose rows hold `row_len` values.
-    pub fn linear_type(self, row_len: u64) -> GgmlType {
-        fallback(self.ggml_type(), row_len)
-    }
-
     /// Type of `token_embd.weight` / `output.weight` (`tied`: the embeddings also serve as the
     /// output, which llama.cpp then quantizes like the output).
     pub fn embed_type(self, is_output: bool, tied: bool, row_len: u64, opt: EmbedType) -> GgmlType {
@@ -376,17 +371,18 @@ mod tests {
     #[test]
     fn smollm2_shapes_follow_llama_quantize() {
         // SmolLM2-135M: hidden 576 (not a multiple of 256), ffn 1536, tied embeddings.
-        assert_eq!(Format::Q2K.linear_type(576), GgmlType::Q4_0);
-        assert_eq!(Format::Q2K.linear_type(1536), GgmlType::Q2_K);
-        assert_eq!(Format::Q2_0.linear_type(576), GgmlType::Q2_0);
-        assert_eq!(Format::Q4K.linear_type(576), GgmlType::Q5_0);
-        assert_eq!(Format::Q5K.linear_type(576), GgmlType::Q5_1);
-        assert_eq!(Format::Q4K.linear_type(1536), GgmlType::Q4_K);
-        assert_eq!(Format::Q3K.linear_type(576), GgmlType::Q4_0);
-        assert_eq!(Format::Q6K.linear_type(576), GgmlType::Q8_0);
-        assert_eq!(Format::Q6K.linear_type(1536), GgmlType::Q6_K);
-        assert_eq!(Format::Iq2Xs.linear_type(576), GgmlType::IQ4_NL);
-        assert_eq!(Format::Iq2Xs.linear_type(1536), GgmlType::IQ2_XS);
+        let linear = |f: Format, row: u64| fallback(f.ggml_type(), row);
+        assert_eq!(linear(Format::Q2K, 576), GgmlType::Q4_0);
+        assert_eq!(linear(Format::Q2K, 1536), GgmlType::Q2_K);
+        assert_eq!(linear(Format::Q2_0, 576), GgmlType::Q2_0);
+        assert_eq!(linear(Format::Q4K, 576), GgmlType::Q5_0);
+        assert_eq!(linear(Format::Q5K, 576), GgmlType::Q5_1);
+        assert_eq!(linear(Format::Q4K, 1536), GgmlType::Q4_K);
+        assert_eq!(linear(Format::Q3K, 576), GgmlType::Q4_0);
+        assert_eq!(linear(Format::Q6K, 576), GgmlType::Q8_0);
+        assert_eq!(linear(Format::Q6K, 1536), GgmlType::Q6_K);
+        assert_eq!(linear(Format::Iq2Xs, 576), GgmlType::IQ4_NL);
+        assert_eq!(linear(Format::Iq2Xs, 1536), GgmlType::IQ2_XS);
         assert_eq!(
             Format::Iq2Xs.embed_type(true, false, 1536, EmbedType::Auto),
             GgmlType::Q5_K
