@@ -18,7 +18,7 @@ pub use format::{EmbedType, Format, LoraType};
 pub use mapping::MappingError;
 
 /// The bytes of one calibrated linear of `row_len` inputs in type `ty` (from
-/// [`Format::linear_type`]), and the error the type adds to the calibrated weights (zero for
+/// `ExportOptions::linear_type`), and the error the type adds to the calibrated weights (zero for
 /// the exact types).
 pub fn encode_linear(
     ty: GgmlType,
