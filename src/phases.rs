@@ -10,7 +10,8 @@ use std::time::Instant;
 /// The phases of one block, in the order the block loop runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {
-    /// Read the block from the source and dequantize it (and a frozen base or an imatrix).
+    /// Wait for the reader thread's block (read and dequantized while the previous block
+    /// ran), upload it, and quantize a frozen base or take an imatrix.
     Load,
     /// The full-precision block's outputs, the training targets.
     Targets,
@@ -21,14 +22,13 @@ pub enum Phase {
     Chain,
     /// The RTN (and `--baselines` LWC-only) MSE of the per-block line.
     Diagnostics,
-    /// Pack the block and write it to the outputs.
+    /// Hand the block to the writer thread, which saves its resume state and packs and
+    /// writes it while the next block runs: the time the loop waits for it.
     Write,
-    /// Save the resume state.
-    State,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 8] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Load,
         Phase::Targets,
         Phase::Train,
@@ -36,7 +36,6 @@ impl Phase {
         Phase::Chain,
         Phase::Diagnostics,
         Phase::Write,
-        Phase::State,
     ];
 
     pub fn name(self) -> &'static str {
@@ -47,8 +46,7 @@ impl Phase {
             Phase::Finalize => "finalize",
             Phase::Chain => "chain + MSE",
             Phase::Diagnostics => "RTN/LWC MSE",
-            Phase::Write => "pack + write",
-            Phase::State => "state",
+            Phase::Write => "writer wait",
         }
     }
 }
@@ -56,14 +54,14 @@ impl Phase {
 /// Seconds per phase, and the clock that fills them in.
 #[derive(Debug, Clone)]
 pub struct Phases {
-    pub seconds: [f64; 8],
+    pub seconds: [f64; 7],
     last: Instant,
 }
 
 impl Default for Phases {
     fn default() -> Self {
         Phases {
-            seconds: [0.0; 8],
+            seconds: [0.0; 7],
             last: Instant::now(),
         }
     }
@@ -118,7 +116,7 @@ mod tests {
         );
         let line = p.line();
         assert!(
-            line.starts_with("load 0.") && line.contains("train 0.1") && !line.contains("pack")
+            line.starts_with("load 0.") && line.contains("train 0.1") && !line.contains("writer")
         );
     }
 }

@@ -12,16 +12,19 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
+use crate::apiq::block_forward::BlockForward;
 use crate::apiq::collective::{Collective, Solo};
 use crate::apiq::parallel::run_ranks;
-use crate::apiq::recipe::Recipe;
+use crate::apiq::qblock::Learned;
+use crate::apiq::recipe::{Method, Recipe};
 use crate::apiq::state::State;
 use crate::apiq::train;
 use crate::calib::data;
 use crate::calib::load::{self, shape};
-use crate::export::calibrated::{calib_hash, CalibratedWriter, ExportOptions, Written};
+use crate::export::calibrated::{calib_hash, CalibratedWriter, ExportOptions, HostLinear, Written};
 use crate::nn::block::Rope;
 use crate::nn::compute::Compute;
+use crate::nn::model::BlockWeights;
 use crate::phases::{Phase, Phases};
 use crate::report::Progress;
 use crate::source::ModelSource;
@@ -66,6 +69,9 @@ pub struct Summary {
 }
 
 const DTYPE: DType = DType::F32;
+
+/// Windows (of each rank) the RTN and LWC-only MSEs of the block table are taken over.
+pub const DIAGNOSTIC_WINDOWS: usize = 8;
 
 /// Mean loss of the first (or last) epoch of `per_epoch` steps, summed over the groups trained
 /// one after the other (ApiQ-lw; ApiQ-bw has one); with one epoch, of its first (or last)
@@ -176,7 +182,6 @@ impl Run<'_> {
         let r = &a.recipe;
         let shard = train::shard(self.windows.len(), r.batch, c.rank(), c.world())?;
         let windows: Vec<Vec<u32>> = shard.iter().map(|&j| self.windows[j].clone()).collect();
-        let steps = self.windows.len() / r.batch;
         let state_dir = crate::apiq::state::dir_for(&a.out);
         let note = |saved: usize| {
             crate::atomic::set_interrupt_note(Some(format!(
@@ -193,7 +198,7 @@ impl Run<'_> {
         let mut q_in = fp_in.clone();
         let rope = Rope::new(hp, self.seqlen, DTYPE, dev)?.with_compute(a.compute);
 
-        let mut writer = match ui {
+        let writer = match ui {
             Some(_) => Some(CalibratedWriter::create(
                 self.src,
                 &a.out,
@@ -204,146 +209,236 @@ impl Run<'_> {
             )?),
             None => None,
         };
-        let mut reports = Vec::with_capacity(hp.n_layer);
-        for layer in 0..hp.n_layer {
-            let t0 = Instant::now();
-            let mut clock = Phases::default();
-            let mut bw = load::block(self.src, hp, layer, DTYPE, dev)?;
-            let ctx = || format!("block {layer}");
-            let name = |i: usize| format!("blk.{layer}.{}.weight", crate::nn::block::LINEARS[i]);
-            if a.export.format.frozen() {
-                bw.frozen = crate::apiq::frozen::freeze_block(hp, &rope, &bw, &q_in, |i, cols| {
-                    a.export.linear_type(&name(i), cols as u64, shape(hp)).1
-                })
-                .with_context(ctx)?;
-            } else if a.export.format.kgrid().is_some() {
-                bw.kgrids = (0..bw.w.len())
-                    .map(|i| {
-                        let cols = bw.w[i].dim(1)? as u64;
-                        Ok(a.export.kgrid_of(&name(i), cols, shape(hp)))
-                    })
-                    .collect::<candle_core::Result<_>>()?;
-                let starts_from_ggml = r.k_init == crate::quant::KInit::Ggml
-                    && r.trains()
-                    && !state.has(layer)
-                    && bw.kgrids.iter().any(Option::is_some);
-                if starts_from_ggml {
-                    bw.imatrix =
-                        crate::apiq::imatrix::imatrix(hp, &rope, &bw, &q_in).with_context(ctx)?;
-                }
-            }
-            clock.lap(Phase::Load);
-            let fp_out: Vec<Tensor> = fp_in
-                .iter()
-                .map(|x| bw.forward_fp(hp, &rope, x))
-                .collect::<candle_core::Result<_>>()
-                .with_context(ctx)?;
-            clock.lap(Phase::Targets);
-            let mut losses: Vec<Vec<f64>> = Vec::new();
-            let data = train::BlockData {
-                hp,
-                rope: &rope,
-                bw: &bw,
-                layer,
-                fp_in: &fp_in,
-                q_in: &q_in,
-                fp_out: &fp_out,
-            };
-            let saved = state.load(layer)?;
-            let resumed = saved.is_some();
-            let learned = match saved {
-                Some(l) => l,
-                None if !r.trains() => train::rtn_learned(),
-                None => {
-                    let bar = match &ui {
-                        Some((progress, _)) => {
-                            progress.bar((r.epochs * steps) as u64, "calibrating")
+        std::thread::scope(|scope| -> Result<RankOutput> {
+            // The writer thread saves each trained block's resume state, then packs and
+            // writes the block, while the next block trains; one block may wait in the
+            // channel. The outputs are finished only on `Done`: a run that fails leaves none.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<ToWriter>(1);
+            let mut writing = writer.map(|mut w| {
+                let note = &note;
+                scope.spawn(move || -> Result<Option<Written>> {
+                    for msg in rx {
+                        let f = match msg {
+                            ToWriter::Block(f) => f,
+                            ToWriter::Done => return w.finish().map(Some),
+                        };
+                        if let Some(learned) = &f.learned {
+                            state.save(f.layer, learned)?;
+                            note(f.layer + 1);
                         }
-                        None => indicatif::ProgressBar::hidden(),
-                    };
-                    bar.set_message(format!("blk.{layer}"));
-                    let mut epoch_sum = 0.0;
-                    let mut obs = |e: usize, j: usize, loss: f64| {
-                        // ApiQ-lw trains its groups of linears one after the other, each from
-                        // epoch 0: one list of losses per group.
-                        if (e, j) == (0, 0) || losses.is_empty() {
-                            losses.push(Vec::new());
-                        }
-                        losses.last_mut().expect("pushed").push(loss);
-                        epoch_sum = if j == 0 { loss } else { epoch_sum + loss };
-                        let mean = epoch_sum / (j + 1) as f64;
-                        bar.set_message(format!(
-                            "blk.{layer} epoch {}/{} mean loss {mean:.3e}",
-                            e + 1,
-                            r.epochs
-                        ));
-                        bar.inc(1);
-                    };
-                    let learned =
-                        train::train(r, &data, r.lora.is_some(), c, &mut obs).with_context(ctx)?;
-                    bar.finish_and_clear();
-                    clock.lap(Phase::Train);
-                    if ui.is_some() {
-                        state.save(layer, &learned)?;
-                        note(layer + 1);
+                        w.write_block(f.layer, &f.linears)?;
                     }
-                    clock.lap(Phase::State);
-                    learned
+                    Ok(None)
+                })
+            });
+            // The reader thread reads and dequantizes the next block while this one runs.
+            let src = self.src;
+            let read = |layer: usize| scope.spawn(move || load::read_block(src, hp, layer));
+            let mut next = (hp.n_layer > 0).then(|| read(0));
+            let mut reports = Vec::with_capacity(hp.n_layer);
+            for layer in 0..hp.n_layer {
+                let mut clock = Phases::default();
+                let host = joined(next.take().expect("read ahead"))?;
+                next = (layer + 1 < hp.n_layer).then(|| read(layer + 1));
+                let bw = host.upload(DTYPE, dev)?;
+                let progress = ui.as_ref().map(|(p, _)| *p);
+                let chains = (&mut fp_in, &mut q_in);
+                let (report, finished) = self
+                    .block(c, dev, &rope, layer, bw, chains, &mut clock, progress)
+                    .with_context(|| format!("block {layer}"))?;
+                if writing.is_some() && tx.send(ToWriter::Block(finished)).is_err() {
+                    // The writer ended early: its error is the one to show.
+                    let h = writing.take().expect("checked");
+                    return Err(match joined(h) {
+                        Err(e) => e,
+                        Ok(_) => anyhow::anyhow!("the output writer stopped before the last block"),
+                    });
                 }
-            };
-            let linears = train::finalize(r, &bw, &learned).with_context(ctx)?;
-            clock.lap(Phase::Finalize);
-            let n = q_in.len();
-            // The quantized chain through the final block (LoRA included) is also what the
-            // block's final MSE measures: one forward for both.
-            let q_out: Vec<Tensor> = q_in
-                .iter()
-                .map(|x| crate::apiq::qblock::forward_final(hp, &rope, &bw.norms, &linears, x))
-                .collect::<candle_core::Result<_>>()?;
-            let mse_final = c.mean(train::mean_mse(&q_out, &fp_out)?, n, dev)?;
-            clock.lap(Phase::Chain);
-            let mse = |linears: &[crate::apiq::qblock::FinalLinear]| -> Result<f64> {
-                let local = train::output_mse(hp, &rope, &bw, linears, &q_in, &fp_out)?;
-                c.mean(local, n, dev)
-            };
-            let mse_rtn = mse(&train::rtn_linears(r, &bw)?)?;
-            let mse_lwc = if a.baselines && r.trains() && r.lora.is_some() && bw.frozen.is_empty() {
-                let lwc_recipe = Recipe {
-                    lora: None,
-                    ..r.clone()
+                clock.lap(Phase::Write);
+                let report = BlockReport {
+                    seconds: clock.seconds.iter().sum(),
+                    phases: clock,
+                    ..report
                 };
-                let learned = train::train(&lwc_recipe, &data, false, c, &mut |_, _, _| {})?;
-                Some(mse(&train::finalize(&lwc_recipe, &bw, &learned)?)?)
-            } else {
-                None
-            };
-            clock.lap(Phase::Diagnostics);
-            // Advance both chains.
-            q_in = q_out;
-            fp_in = fp_out;
-            if let Some(w) = writer.as_mut() {
-                w.write_block(layer, &linears)?;
+                if let Some((_, on_block)) = ui.as_mut() {
+                    on_block(&report, hp.n_layer);
+                }
+                reports.push(report);
             }
-            clock.lap(Phase::Write);
-            let report = BlockReport {
-                layer,
-                mse_rtn,
-                mse_lwc,
-                mse_final,
-                loss_first: smoothed(&losses, steps, true),
-                loss_last: smoothed(&losses, steps, false),
-                seconds: t0.elapsed().as_secs_f64(),
-                resumed,
-                phases: clock,
-            };
-            if let Some((_, on_block)) = ui.as_mut() {
-                on_block(&report, hp.n_layer);
+            match writing {
+                Some(h) => {
+                    let sent = tx.send(ToWriter::Done);
+                    match (joined(h)?, sent) {
+                        (Some(written), Ok(())) => Ok(Some((reports, written))),
+                        _ => anyhow::bail!("the output writer stopped before the last block"),
+                    }
+                }
+                None => Ok(None),
             }
-            reports.push(report);
+        })
+    }
+
+    /// One block: its frozen bases or K grids, the FP targets, training (or the saved state),
+    /// the final linears, and both chains advanced to its outputs.
+    #[allow(clippy::too_many_arguments)]
+    fn block(
+        &self,
+        c: &dyn Collective,
+        dev: &Device,
+        rope: &Rope,
+        layer: usize,
+        mut bw: BlockWeights,
+        (fp_in, q_in): (&mut Vec<Tensor>, &mut Vec<Tensor>),
+        clock: &mut Phases,
+        progress: Option<&Progress>,
+    ) -> Result<(BlockReport, Finished)> {
+        let (a, hp, state) = (self.a, self.hp, self.state);
+        let r = &a.recipe;
+        let steps = self.windows.len() / r.batch;
+        let name = |i: usize| format!("blk.{layer}.{}.weight", crate::nn::block::LINEARS[i]);
+        if a.export.format.frozen() {
+            bw.frozen = crate::apiq::frozen::freeze_block(hp, rope, &bw, q_in, |i, cols| {
+                a.export.linear_type(&name(i), cols as u64, shape(hp)).1
+            })?;
+        } else if a.export.format.kgrid().is_some() {
+            bw.kgrids = (0..bw.w.len())
+                .map(|i| {
+                    let cols = bw.w[i].dim(1)? as u64;
+                    Ok(a.export.kgrid_of(&name(i), cols, shape(hp)))
+                })
+                .collect::<candle_core::Result<_>>()?;
+            let starts_from_ggml = r.k_init == crate::quant::KInit::Ggml
+                && r.trains()
+                && !state.has(layer)
+                && bw.kgrids.iter().any(Option::is_some);
+            if starts_from_ggml {
+                bw.imatrix = crate::apiq::imatrix::imatrix(hp, rope, &bw, q_in)?;
+            }
         }
-        match writer {
-            Some(w) => Ok(Some((reports, w.finish()?))),
-            None => Ok(None),
+        clock.lap(Phase::Load);
+        let fp_out = BlockForward::fp(hp, rope, &bw)?.forward_all(fp_in)?;
+        if r.method != Method::ApiqLw {
+            // Only ApiQ-lw trains on the FP chain's inputs: the others free them now, one
+            // window cache fewer on the device while the block trains.
+            *fp_in = Vec::new();
         }
+        clock.lap(Phase::Targets);
+        let mut losses: Vec<Vec<f64>> = Vec::new();
+        let data = train::BlockData {
+            hp,
+            rope,
+            bw: &bw,
+            layer,
+            fp_in,
+            q_in,
+            fp_out: &fp_out,
+        };
+        let saved = state.load(layer)?;
+        let resumed = saved.is_some();
+        let (learned, trained) = match saved {
+            Some(l) => (l, false),
+            None if !r.trains() => (train::rtn_learned(), false),
+            None => {
+                let bar = match progress {
+                    Some(p) => p.bar((r.epochs * steps) as u64, "calibrating"),
+                    None => indicatif::ProgressBar::hidden(),
+                };
+                bar.set_message(format!("blk.{layer}"));
+                let mut epoch_sum = 0.0;
+                let mut obs = |e: usize, j: usize, loss: f64| {
+                    // ApiQ-lw trains its groups of linears one after the other, each from
+                    // epoch 0: one list of losses per group.
+                    if (e, j) == (0, 0) || losses.is_empty() {
+                        losses.push(Vec::new());
+                    }
+                    losses.last_mut().expect("pushed").push(loss);
+                    epoch_sum = if j == 0 { loss } else { epoch_sum + loss };
+                    let mean = epoch_sum / (j + 1) as f64;
+                    bar.set_message(format!(
+                        "blk.{layer} epoch {}/{} mean loss {mean:.3e}",
+                        e + 1,
+                        r.epochs
+                    ));
+                    bar.inc(1);
+                };
+                let learned = train::train(r, &data, r.lora.is_some(), c, &mut obs)?;
+                bar.finish_and_clear();
+                (learned, true)
+            }
+        };
+        clock.lap(Phase::Train);
+        let linears = train::finalize(r, &bw, &learned)?;
+        clock.lap(Phase::Finalize);
+        let n = q_in.len();
+        // The quantized chain through the final block (LoRA included) is also what the
+        // block's final MSE measures: one forward for both.
+        let q_out = BlockForward::deployed(hp, rope, &bw.norms, &linears)?.forward_all(q_in)?;
+        let mse_final = c.mean(train::mean_mse(&q_out, &fp_out)?, n, dev)?;
+        clock.lap(Phase::Chain);
+        // The baselines' MSEs are estimates over the first windows: a forward of every
+        // window for a diagnostic would cost as much as the chain itself.
+        let d = n.min(DIAGNOSTIC_WINDOWS);
+        let mse = |linears: &[crate::apiq::qblock::FinalLinear]| -> Result<f64> {
+            let local = train::output_mse(hp, rope, &bw, linears, &q_in[..d], &fp_out[..d])?;
+            c.mean(local, d, dev)
+        };
+        let mse_rtn = mse(&train::rtn_linears(r, &bw)?)?;
+        let mse_lwc = if a.baselines && r.trains() && r.lora.is_some() && bw.frozen.is_empty() {
+            let lwc_recipe = Recipe {
+                lora: None,
+                ..r.clone()
+            };
+            let learned = train::train(&lwc_recipe, &data, false, c, &mut |_, _, _| {})?;
+            Some(mse(&train::finalize(&lwc_recipe, &bw, &learned)?)?)
+        } else {
+            None
+        };
+        clock.lap(Phase::Diagnostics);
+        // Advance both chains.
+        *q_in = q_out;
+        *fp_in = fp_out;
+        let linears = linears
+            .into_iter()
+            .map(HostLinear::of)
+            .collect::<Result<Vec<_>>>()?;
+        let report = BlockReport {
+            layer,
+            mse_rtn,
+            mse_lwc,
+            mse_final,
+            loss_first: smoothed(&losses, steps, true),
+            loss_last: smoothed(&losses, steps, false),
+            seconds: 0.0,
+            resumed,
+            phases: Phases::default(),
+        };
+        let finished = Finished {
+            layer,
+            learned: trained.then_some(learned),
+            linears,
+        };
+        Ok((report, finished))
+    }
+}
+
+/// A finished block on its way to the writer thread.
+struct Finished {
+    layer: usize,
+    /// What was learned, to be saved for a resume (`None`: replayed or untrained).
+    learned: Option<Vec<Learned>>,
+    linears: Vec<HostLinear>,
+}
+
+enum ToWriter {
+    Block(Finished),
+    /// Every block was sent: finish the outputs.
+    Done,
+}
+
+/// A helper thread's result; its panic goes on in this thread.
+fn joined<T>(h: std::thread::ScopedJoinHandle<'_, Result<T>>) -> Result<T> {
+    match h.join() {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }

@@ -4,6 +4,7 @@ pub mod adamw;
 #[cfg(feature = "cuda")]
 mod adamw_cuda;
 mod adamw_step;
+pub mod block_forward;
 pub mod collective;
 pub mod frozen;
 pub mod imatrix;

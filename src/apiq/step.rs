@@ -36,6 +36,29 @@ struct Saved {
     lora: Option<(Tensor, Tensor, Tensor)>,
 }
 
+/// A linear with its operands in the products' type: the weight `[out, in]` and LoRA's A
+/// `[r, in]` and `scaling·B` `[out, r]`.
+pub struct OperandLinear {
+    pub w: Tensor,
+    pub lora: Option<(Tensor, Tensor)>,
+}
+
+impl OperandLinear {
+    /// `x` `[N, in]` → the output's parts (the weight's product, LoRA's) and LoRA's `z = x·Aᵀ`.
+    fn products(&self, x: &Tensor) -> Result<(Vec<Tensor>, Option<Tensor>)> {
+        let mut parts = vec![x.matmul(&self.w.t()?)?];
+        let z = match &self.lora {
+            Some((a, b)) => {
+                let z = x.matmul(&a.t()?)?;
+                parts.push(z.matmul(&b.t()?)?);
+                Some(z)
+            }
+            None => None,
+        };
+        Ok((parts, z))
+    }
+}
+
 struct Linear<'a> {
     lin: &'a TrainLinear,
     spec: &'a QuantSpec,
@@ -66,22 +89,21 @@ impl Linear<'_> {
     /// `x` `[N, in]` → the output `[N, out]` as parts in the operand type: the weight's
     /// product, and LoRA's.
     fn forward(&self, x: &Tensor, keep_w: bool) -> Result<(Vec<Tensor>, Saved)> {
-        let w = self.weight()?;
-        let mut parts = vec![x.matmul(&w.t()?)?];
-        let lora = match &self.lin.lora {
-            Some(l) => {
-                let a = l.a.as_tensor().to_dtype(self.ty)?;
-                let b = (l.b.as_tensor() * l.scaling)?.to_dtype(self.ty)?;
-                let z = x.matmul(&a.t()?)?;
-                parts.push(z.matmul(&b.t()?)?);
-                Some((z, a, b))
-            }
-            None => None,
+        let op = OperandLinear {
+            w: self.weight()?,
+            lora: match &self.lin.lora {
+                Some(l) => Some((
+                    l.a.as_tensor().to_dtype(self.ty)?,
+                    (l.b.as_tensor() * l.scaling)?.to_dtype(self.ty)?,
+                )),
+                None => None,
+            },
         };
+        let (parts, z) = op.products(x)?;
         let saved = Saved {
             x: x.clone(),
-            w: keep_w.then_some(w),
-            lora,
+            w: keep_w.then_some(op.w),
+            lora: z.zip(op.lora).map(|(z, (a, b))| (z, a, b)),
         };
         Ok((parts, saved))
     }
@@ -129,6 +151,101 @@ impl Linear<'_> {
     }
 }
 
+/// What the backward reads of a block's forward, `N = B·L` rows.
+struct Forward {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    probs: Tensor,
+    /// The residual after attention, `1/rms` of its norm.
+    x2: Tensor,
+    rstd2: Tensor,
+    g: Vec<Tensor>,
+    u: Vec<Tensor>,
+    /// ffn_down's output parts: the block's output is `x2 + Σ yd`.
+    yd: Vec<Tensor>,
+}
+
+/// The products' operand type of a step whose activations are `act`.
+pub fn operand_type(rope: &Rope, act: DType) -> DType {
+    match rope.compute().precision {
+        Precision::F32 => act,
+        p => p.matmul_dtype(),
+    }
+}
+
+/// A block's forward on the step's passes; `product(i, h)` is linear `i`'s output parts for
+/// its input `h` `[N, in]` in the operand type `ty`.
+fn forward_parts(
+    hp: &HParams,
+    rope: &Rope,
+    norms: &BlockNorms,
+    x: &Tensor,
+    ty: DType,
+    product: &mut dyn FnMut(usize, &Tensor) -> Result<Vec<Tensor>>,
+) -> Result<Forward> {
+    let (b, l, e) = x.dims3()?;
+    let (nh, nkv, hd) = (hp.n_head, hp.n_head_kv, hp.head_dim);
+    let act = x.dtype();
+    let x = x.reshape((b * l, e))?;
+
+    // Attention half.
+    let (_, h1, _) = ops::rms_norm(&x, &[], &norms.attn_norm, hp.rms_eps, ty)?;
+    let yq = product(block::Q, &h1)?;
+    let yk = product(block::K, &h1)?;
+    let yv = product(block::V, &h1)?;
+    let bias = |i: usize| norms.bias[i].as_ref();
+    let q = ops::heads(&yq, bias(block::Q), Some(rope), (b, l, nh, hd), act)?;
+    let k = ops::heads(&yk, bias(block::K), Some(rope), (b, l, nkv, hd), act)?;
+    let v = ops::heads(&yv, bias(block::V), None, (b, l, nkv, hd), act)?;
+    let (k, v) = (
+        block::repeat_kv(k, nh / nkv)?,
+        block::repeat_kv(v, nh / nkv)?,
+    );
+    let scale = 1.0 / (hd as f64).sqrt();
+    let probs = causal_softmax(&q.matmul(&k.t()?)?, scale)?;
+    let att = ops::unheads(&probs.matmul(&v)?, None, 1, act)?;
+    let yo = product(block::O, &att)?;
+
+    // MLP half.
+    let (x2, h2, rstd2) = ops::rms_norm(&x, &yo, &norms.ffn_norm, hp.rms_eps, ty)?;
+    let g = product(block::GATE, &h2)?;
+    let u = product(block::UP, &h2)?;
+    let a = ops::swiglu(&g, &u, act)?;
+    let yd = product(block::DOWN, &a)?;
+    Ok(Forward {
+        q,
+        k,
+        v,
+        probs,
+        x2,
+        rstd2,
+        g,
+        u,
+        yd,
+    })
+}
+
+/// The block's output `[B, L, E]` for `x` `[B, L, E]` on the step's passes and operand type,
+/// with no backward: `linears` hold their operands in that type ([`operand_type`]).
+pub fn forward(
+    hp: &HParams,
+    rope: &Rope,
+    norms: &BlockNorms,
+    linears: &[OperandLinear],
+    x: &Tensor,
+) -> Result<Tensor> {
+    let act = x.dtype();
+    let f = forward_parts(hp, rope, norms, x, operand_type(rope, act), &mut |i, h| {
+        Ok(linears[i].products(h)?.0)
+    })?;
+    let mut y = f.x2;
+    for p in &f.yd {
+        y = (y + p.to_dtype(act)?)?;
+    }
+    y.reshape(x.shape())
+}
+
 /// The loss `Σ_t MSE(block(x), t)` over `targets` and the gradients of every trained tensor of
 /// `linears` (clipping logits, LoRA pairs) of `loss_scale · loss`.
 #[allow(clippy::too_many_arguments)]
@@ -147,38 +264,32 @@ pub fn loss_and_grads(
     let (nh, nkv, hd) = (hp.n_head, hp.n_head_kv, hp.head_dim);
     let rep = nh / nkv;
     let act = x.dtype();
-    let ty = match rope.compute().precision {
-        Precision::F32 => act,
-        p => p.matmul_dtype(),
-    };
+    let ty = operand_type(rope, act);
     let lin = |i: usize| Linear {
         lin: &linears[i],
         spec,
         ty,
     };
-    let x = x.reshape((n, e))?;
-
-    // Forward, attention half.
-    let (_, h1, _) = ops::rms_norm(&x, &[], &norms.attn_norm, hp.rms_eps, ty)?;
-    let (yq, sq) = lin(block::Q).forward(&h1, false)?;
-    let (yk, sk) = lin(block::K).forward(&h1, false)?;
-    let (yv, sv) = lin(block::V).forward(&h1, false)?;
-    let bias = |i: usize| norms.bias[i].as_ref();
-    let q = ops::heads(&yq, bias(block::Q), Some(rope), (b, l, nh, hd), act)?;
-    let k = ops::heads(&yk, bias(block::K), Some(rope), (b, l, nkv, hd), act)?;
-    let v = ops::heads(&yv, bias(block::V), None, (b, l, nkv, hd), act)?;
-    let (k, v) = (block::repeat_kv(k, rep)?, block::repeat_kv(v, rep)?);
+    // The backward needs the weights of the linears whose input gets a gradient (all but q,
+    // k, v: nothing upstream is trained).
+    let mut saved: [Option<Saved>; 7] = Default::default();
+    let Forward {
+        q,
+        k,
+        v,
+        probs,
+        x2,
+        rstd2,
+        g,
+        u,
+        yd,
+    } = forward_parts(hp, rope, norms, x, ty, &mut |i, h| {
+        let (parts, s) = lin(i).forward(h, i >= block::O)?;
+        saved[i] = Some(s);
+        Ok(parts)
+    })?;
+    let [sq, sk, sv, so, sg, su, sd] = saved.map(|s| s.expect("every linear ran"));
     let scale = 1.0 / (hd as f64).sqrt();
-    let probs = causal_softmax(&q.matmul(&k.t()?)?, scale)?;
-    let att = ops::unheads(&probs.matmul(&v)?, None, 1, act)?;
-    let (yo, so) = lin(block::O).forward(&att, true)?;
-
-    // Forward, MLP half.
-    let (x2, h2, rstd2) = ops::rms_norm(&x, &yo, &norms.ffn_norm, hp.rms_eps, ty)?;
-    let (g, sg) = lin(block::GATE).forward(&h2, true)?;
-    let (u, su) = lin(block::UP).forward(&h2, true)?;
-    let a = ops::swiglu(&g, &u, act)?;
-    let (yd, sd) = lin(block::DOWN).forward(&a, true)?;
 
     // Loss and its gradient.
     let targets = targets

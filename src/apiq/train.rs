@@ -6,8 +6,9 @@ use candle_core::backprop::GradStore;
 use candle_core::{DType, Tensor, Var};
 
 use super::adamw::AdamW;
+use super::block_forward::BlockForward;
 use super::collective::Collective;
-use super::qblock::{forward_final, forward_train, FinalLinear, Learned, TrainLinear};
+use super::qblock::{forward_train, FinalLinear, Learned, TrainLinear};
 use super::recipe::{Method, Recipe};
 use super::step;
 use crate::nn::block::{self, BlockNorms, Rope, LINEARS};
@@ -397,12 +398,7 @@ pub fn train(
         ),
         _ => {
             let fp_out2: Option<Vec<Tensor>> = if r.aug_loss {
-                Some(
-                    d.q_in
-                        .iter()
-                        .map(|x| d.bw.forward_fp(d.hp, d.rope, x))
-                        .collect::<candle_core::Result<_>>()?,
-                )
+                Some(BlockForward::fp(d.hp, d.rope, d.bw)?.forward_all(d.q_in)?)
             } else {
                 None
             };
@@ -627,9 +623,8 @@ pub fn output_mse(
     q_in: &[Tensor],
     fp_out: &[Tensor],
 ) -> Result<f64> {
-    mean_mse_of(fp_out, |j| {
-        forward_final(hp, rope, &bw.norms, linears, &q_in[j])
-    })
+    let block = BlockForward::deployed(hp, rope, &bw.norms, linears)?;
+    mean_mse_of(fp_out, |j| block.forward(&q_in[j]))
 }
 
 /// The block's linears by plain round-to-nearest (the RTN baseline: no clipping, no LoRA).

@@ -11,12 +11,7 @@ use crate::source::ModelSource;
 
 /// A tensor by GGUF name, row-major with the ggml dims reversed (`[out, in]` for a matrix).
 pub fn tensor(src: &ModelSource, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
-    let t = src
-        .tensor(name)
-        .with_context(|| format!("{}: tensor `{name}` is missing", src.path().display()))?;
-    let shape: Vec<usize> = t.ne.iter().rev().map(|&n| n as usize).collect();
-    let v = src.read(&t)?;
-    Ok(Tensor::from_vec(v, shape, dev)?.to_dtype(dtype)?)
+    HostTensor::read(src, name)?.upload(dtype, dev)
 }
 
 pub fn hparams(src: &ModelSource) -> Result<HParams> {
@@ -36,6 +31,78 @@ pub fn shape(hp: &HParams) -> ModelShape {
     }
 }
 
+/// A tensor read and dequantized on the host: its values, row-major, and its shape.
+pub struct HostTensor {
+    values: Vec<f32>,
+    shape: Vec<usize>,
+}
+
+impl HostTensor {
+    fn read(src: &ModelSource, name: &str) -> Result<HostTensor> {
+        let t = src
+            .tensor(name)
+            .with_context(|| format!("{}: tensor `{name}` is missing", src.path().display()))?;
+        Ok(HostTensor {
+            shape: t.ne.iter().rev().map(|&n| n as usize).collect(),
+            values: src.read(&t)?,
+        })
+    }
+
+    fn upload(self, dtype: DType, dev: &Device) -> Result<Tensor> {
+        Ok(Tensor::from_vec(self.values, self.shape, dev)?.to_dtype(dtype)?)
+    }
+}
+
+/// One block's tensors on the host: the part of loading a block that needs no device, so a
+/// thread can read and dequantize the next block while the current one trains.
+pub struct HostBlock {
+    w: Vec<HostTensor>,
+    attn_norm: HostTensor,
+    ffn_norm: HostTensor,
+    bias: [Option<HostTensor>; 3],
+}
+
+pub fn read_block(src: &ModelSource, hp: &HParams, layer: usize) -> Result<HostBlock> {
+    let name = |s: &str| format!("blk.{layer}.{s}");
+    let bias = |l: &str| -> Result<Option<HostTensor>> {
+        hp.qkv_bias
+            .then(|| HostTensor::read(src, &name(&format!("{l}.bias"))))
+            .transpose()
+    };
+    Ok(HostBlock {
+        w: LINEARS
+            .iter()
+            .map(|l| HostTensor::read(src, &name(&format!("{l}.weight"))))
+            .collect::<Result<_>>()?,
+        attn_norm: HostTensor::read(src, &name("attn_norm.weight"))?,
+        ffn_norm: HostTensor::read(src, &name("ffn_norm.weight"))?,
+        bias: [bias("attn_q")?, bias("attn_k")?, bias("attn_v")?],
+    })
+}
+
+impl HostBlock {
+    /// The block's weights on `dev`, in `dtype`.
+    pub fn upload(self, dtype: DType, dev: &Device) -> Result<BlockWeights> {
+        let [q, k, v] = self.bias;
+        let up = |t: Option<HostTensor>| t.map(|t| t.upload(dtype, dev)).transpose();
+        Ok(BlockWeights {
+            norms: BlockNorms {
+                attn_norm: self.attn_norm.upload(dtype, dev)?,
+                ffn_norm: self.ffn_norm.upload(dtype, dev)?,
+                bias: [up(q)?, up(k)?, up(v)?],
+            },
+            w: self
+                .w
+                .into_iter()
+                .map(|t| t.upload(dtype, dev))
+                .collect::<Result<_>>()?,
+            frozen: Vec::new(),
+            kgrids: Vec::new(),
+            imatrix: Vec::new(),
+        })
+    }
+}
+
 pub fn block(
     src: &ModelSource,
     hp: &HParams,
@@ -43,29 +110,7 @@ pub fn block(
     dtype: DType,
     dev: &Device,
 ) -> Result<BlockWeights> {
-    let name = |s: &str| format!("blk.{layer}.{s}");
-    let w = LINEARS
-        .iter()
-        .map(|l| tensor(src, &name(&format!("{l}.weight")), dtype, dev))
-        .collect::<Result<Vec<_>>>()?;
-    let bias = |l: &str| -> Result<Option<Tensor>> {
-        if hp.qkv_bias {
-            Ok(Some(tensor(src, &name(&format!("{l}.bias")), dtype, dev)?))
-        } else {
-            Ok(None)
-        }
-    };
-    Ok(BlockWeights {
-        norms: BlockNorms {
-            attn_norm: tensor(src, &name("attn_norm.weight"), dtype, dev)?,
-            ffn_norm: tensor(src, &name("ffn_norm.weight"), dtype, dev)?,
-            bias: [bias("attn_q")?, bias("attn_k")?, bias("attn_v")?],
-        },
-        w,
-        frozen: Vec::new(),
-        kgrids: Vec::new(),
-        imatrix: Vec::new(),
-    })
+    read_block(src, hp, layer)?.upload(dtype, dev)
 }
 
 /// The embedding matrix `[n_vocab, E]`.

@@ -29,7 +29,7 @@ use crate::pack::kquants;
 use crate::pack::mix::{self, ModelShape};
 use crate::pack::overrides::{self, TensorType};
 use crate::pack::{self, EmbedType, Format, LoraType, MappingError};
-use crate::quant::KGrid;
+use crate::quant::{KGrid, Requantized};
 use crate::source::{ModelSource, SourceTensor};
 
 /// How the outputs are written (the calibration itself is the [`Recipe`]).
@@ -205,6 +205,31 @@ fn encode_plain(ty: GgmlType, x: &[f32], row_len: usize, out: &mut Vec<u8>) -> R
             out.extend_from_slice(&stock::quantize(ty, x, row_len)?);
             Ok(())
         }
+    }
+}
+
+/// What the writer needs of a deployed linear, on the host: the block's device tensors can go
+/// while a writer thread packs it.
+pub struct HostLinear {
+    pub q: Option<Requantized>,
+    /// LoRA A `[r, in]` and B `[out, r]`, row-major, in f32.
+    pub lora: Option<(Vec<f32>, Vec<f32>)>,
+}
+
+impl HostLinear {
+    pub fn of(l: FinalLinear) -> Result<HostLinear> {
+        let host = |t: &candle_core::Tensor| -> Result<Vec<f32>> {
+            Ok(t.to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1()?)
+        };
+        Ok(HostLinear {
+            lora: match &l.lora {
+                Some((a, b, _)) => Some((host(a)?, host(b)?)),
+                None => None,
+            },
+            q: l.q,
+        })
     }
 }
 
@@ -496,7 +521,7 @@ impl<'a> CalibratedWriter<'a> {
     }
 
     /// Streams block `layer`: its calibrated linears and its other tensors, and its LoRA.
-    pub fn write_block(&mut self, layer: usize, linears: &[FinalLinear]) -> Result<()> {
+    pub fn write_block(&mut self, layer: usize, linears: &[HostLinear]) -> Result<()> {
         let mut buf = Vec::new();
         let group = self.recipe.quant.group_size;
         for ti in 0..self.blocks[layer].len() {
@@ -531,27 +556,19 @@ impl<'a> CalibratedWriter<'a> {
                 }
             }
             let Some(i) = lin else { continue };
-            let Some((la, lb, _)) = linears[i].lora.as_ref() else {
+            let Some((a, b)) = linears[i].lora.as_ref() else {
                 continue;
             };
-            let a: Vec<f32> = la
-                .to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1()?;
-            let b: Vec<f32> = lb
-                .to_dtype(candle_core::DType::F32)?
-                .flatten_all()?
-                .to_vec1()?;
             if let Some(w) = self.adapter.as_mut() {
                 let rank = a.len() / t.ne[0] as usize;
-                for (suffix, m, row) in [("lora_a", &a, t.ne[0]), ("lora_b", &b, rank as u64)] {
+                for (suffix, m, row) in [("lora_a", a, t.ne[0]), ("lora_b", b, rank as u64)] {
                     buf.clear();
                     encode(self.lora_type.for_row(row), m, &mut buf)?;
                     w.write_tensor(&format!("{}.{suffix}", t.name), &buf)?;
                 }
             }
             if let Some(p) = self.peft.as_mut() {
-                p.write_lora(t, &a, &b)?;
+                p.write_lora(t, a, b)?;
             }
         }
         Ok(())
