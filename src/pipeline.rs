@@ -56,10 +56,16 @@ pub struct BlockReport {
     /// Mean training loss of the first and of the last epoch.
     pub loss_first: Option<f64>,
     pub loss_last: Option<f64>,
-    pub seconds: f64,
     pub resumed: bool,
     /// Where the block's time went.
     pub phases: Phases,
+}
+
+impl BlockReport {
+    /// The block's wall time: its phases cover it from start to hand-over.
+    pub fn seconds(&self) -> f64 {
+        self.phases.seconds.iter().sum()
+    }
 }
 
 pub struct Summary {
@@ -256,7 +262,6 @@ impl Run<'_> {
                 }
                 clock.lap(Phase::Write);
                 let report = BlockReport {
-                    seconds: clock.seconds.iter().sum(),
                     phases: clock,
                     ..report
                 };
@@ -408,7 +413,6 @@ impl Run<'_> {
             mse_final,
             loss_first: smoothed(&losses, steps, true),
             loss_last: smoothed(&losses, steps, false),
-            seconds: 0.0,
             resumed,
             phases: Phases::default(),
         };

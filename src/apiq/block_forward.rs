@@ -16,8 +16,8 @@ use crate::nn::hparams::HParams;
 use crate::nn::model::BlockWeights;
 
 enum Linears<'a> {
-    /// The source weights, on candle's ops.
-    Fp(&'a [Tensor]),
+    /// The source block, on candle's ops.
+    Fp(&'a BlockWeights),
     /// The deployed linears, on candle's ops.
     Final(&'a [FinalLinear]),
     /// Either, cast to the step's operand type.
@@ -48,7 +48,7 @@ impl<'a> BlockForward<'a> {
                     .collect::<Result<_>>()?,
             )
         } else {
-            Linears::Fp(&bw.w)
+            Linears::Fp(bw)
         };
         Ok(BlockForward {
             hp,
@@ -96,13 +96,7 @@ impl<'a> BlockForward<'a> {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (hp, rope, norms) = (self.hp, self.rope, self.norms);
         match &self.linears {
-            Linears::Fp(w) => crate::nn::block::forward(
-                hp,
-                rope,
-                norms,
-                &|i, h| crate::nn::block::matmul_t(h, &w[i]),
-                x,
-            ),
+            Linears::Fp(bw) => bw.forward_fp(hp, rope, x),
             Linears::Final(l) => forward_final(hp, rope, norms, l, x),
             Linears::Operands(l) => step::forward(hp, rope, norms, l, x),
         }
@@ -117,35 +111,21 @@ impl<'a> BlockForward<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::block::fixtures::{randn, random_norms, TINY_SHAPES};
     use crate::nn::compute::{Compute, Precision};
     use crate::nn::hparams::RopeKind;
     use candle_core::{DType, Device};
-
-    fn randn(shape: (usize, usize), scale: f64, dev: &Device) -> Tensor {
-        (Tensor::randn(0f64, 1.0, shape, dev).unwrap() * scale).unwrap()
-    }
 
     /// The step's passes give candle's reference forward, in f64, for the source block and
     /// for a deployed block with LoRA pairs (both rope kinds, q/k/v biases).
     fn compare(rope_kind: RopeKind, qkv_bias: bool) {
         let dev = Device::Cpu;
         let hp = HParams::tiny(rope_kind, qkv_bias);
-        let (e, ff, kv) = (16, 24, 8);
-        let shapes = [(e, e), (kv, e), (kv, e), (e, e), (ff, e), (ff, e), (e, ff)];
+        let shapes = TINY_SHAPES;
+        let e = shapes[0].0;
         let w: Vec<Tensor> = shapes.iter().map(|&s| randn(s, 0.5, &dev)).collect();
-        let norm = || {
-            (randn((1, e), 0.3, &dev) + 1.0)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-        };
-        let bias = |n: usize| qkv_bias.then(|| randn((1, n), 0.2, &dev).flatten_all().unwrap());
         let bw = BlockWeights {
-            norms: BlockNorms {
-                attn_norm: norm(),
-                ffn_norm: norm(),
-                bias: [bias(e), bias(kv), bias(kv)],
-            },
+            norms: random_norms(qkv_bias, &dev),
             w: w.clone(),
             frozen: Vec::new(),
             kgrids: Vec::new(),

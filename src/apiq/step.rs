@@ -327,14 +327,11 @@ pub fn loss_and_grads(
 mod tests {
     use super::*;
     use crate::apiq::qblock::forward_train;
+    use crate::nn::block::fixtures::{randn, random_norms, TINY_SHAPES};
     use crate::nn::compute::Compute;
     use crate::nn::hparams::RopeKind;
     use crate::quant::lora::LoraSpec;
     use candle_core::Device;
-
-    fn randn(shape: (usize, usize), scale: f64, dev: &Device) -> Tensor {
-        (Tensor::randn(0f64, 1.0, shape, dev).unwrap() * scale).unwrap()
-    }
 
     /// The written-out gradients against candle's autograd through `forward_train`, in f64,
     /// with logits away from their initial value and LoRA B non-zero so every term counts.
@@ -352,9 +349,8 @@ mod tests {
             rank: 3,
             alpha: 16.0,
         };
-        let (e, ff, kv) = (16, 24, 8);
-        let shapes = [(e, e), (kv, e), (kv, e), (e, e), (ff, e), (ff, e), (e, ff)];
-        let linears: Vec<TrainLinear> = shapes
+        let e = TINY_SHAPES[0].0;
+        let linears: Vec<TrainLinear> = TINY_SHAPES
             .iter()
             .enumerate()
             .map(|(i, &s)| {
@@ -370,18 +366,7 @@ mod tests {
                 lin
             })
             .collect();
-        let norm = || {
-            (randn((1, e), 0.3, &dev) + 1.0)
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-        };
-        let bias = |n: usize| qkv_bias.then(|| randn((1, n), 0.2, &dev).flatten_all().unwrap());
-        let norms = BlockNorms {
-            attn_norm: norm(),
-            ffn_norm: norm(),
-            bias: [bias(e), bias(kv), bias(kv)],
-        };
+        let norms = random_norms(qkv_bias, &dev);
         let (b, l) = (2, 5);
         let x = randn((b * l, e), 1.0, &dev).reshape((b, l, e)).unwrap();
         let t1 = randn((b * l, e), 1.0, &dev).reshape((b, l, e)).unwrap();

@@ -140,7 +140,7 @@ fn calibrate(
             b.layer,
             b.mse_final,
             b.mse_rtn,
-            b.seconds
+            b.seconds()
         );
     })?;
     let mut out = std::io::stdout().lock();

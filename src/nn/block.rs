@@ -237,3 +237,41 @@ pub fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
         .matmul(&w.t()?)?;
     y.to_dtype(x.dtype())?.reshape((b, l, w.dim(0)?))
 }
+
+/// Random blocks of [`HParams::tiny`]'s shape for the tests of the passes that compute one.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// `[out, in]` of each of [`LINEARS`] for [`HParams::tiny`] (E 16, kv 8, FF 24).
+    pub const TINY_SHAPES: [(usize, usize); 7] = [
+        (16, 16),
+        (8, 16),
+        (8, 16),
+        (16, 16),
+        (24, 16),
+        (24, 16),
+        (16, 24),
+    ];
+
+    pub fn randn(shape: (usize, usize), scale: f64, dev: &Device) -> Tensor {
+        (Tensor::randn(0f64, 1.0, shape, dev).unwrap() * scale).unwrap()
+    }
+
+    /// Norm weights near 1 and, with `qkv_bias`, q/k/v biases, in f64.
+    pub fn random_norms(qkv_bias: bool, dev: &Device) -> BlockNorms {
+        let (e, kv) = (TINY_SHAPES[Q].0, TINY_SHAPES[K].0);
+        let norm = || {
+            (randn((1, e), 0.3, dev) + 1.0)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+        };
+        let bias = |n: usize| qkv_bias.then(|| randn((1, n), 0.2, dev).flatten_all().unwrap());
+        BlockNorms {
+            attn_norm: norm(),
+            ffn_norm: norm(),
+            bias: [bias(e), bias(kv), bias(kv)],
+        }
+    }
+}

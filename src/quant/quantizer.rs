@@ -253,6 +253,7 @@ fn quantize_with_clip_on(
             let (w, xmax, xmin) = (&w[first * g..], &xmax[first..], &xmin[first..]);
             let (clip_max, clip_min) = (&clip_max[first..], &clip_min[first..]);
             scope.spawn(move || {
+                let qmax = spec.qmax() as f32;
                 for k in 0..d.len() {
                     let hi = clip_max[k] * xmax[k];
                     let lo = clip_min[k] * xmin[k];
@@ -261,7 +262,6 @@ fn quantize_with_clip_on(
                     d[k] = half::f16::from_f32(s).to_bits();
                     m[k] = half::f16::from_f32(mk).to_bits();
                     z[k] = zk;
-                    let qmax = spec.qmax() as f32;
                     let span = k * g..(k + 1) * g;
                     for ((&x, c), v) in w[span.clone()]
                         .iter()
