@@ -7,7 +7,8 @@
 # 1. a Llama-2-7B-shaped random Q4_0 GGUF of 4 blocks (scripts/make-random-model.py, VOCAB_GGUF's
 #    vocabulary), 128 windows x 2048 tokens x 2 epochs: each block's line and the phase split,
 #    peak device memory (nvidia-smi, every 0.2 s) and peak host RSS;
-# 2. a SmolLM2-135M-shaped random Q4_1 GGUF with the GPU recipe (128 x 2048 x 5 epochs): wall time;
+# 2. a SmolLM2-135M-shaped random Q4_1 GGUF with the GPU recipe (128 x 2048 x 5 epochs): wall time
+#    (SMOL=0 skips it);
 # then, for the last BIN only (unless RESUME=0), the resume check at the 7B shape: the same run interrupted
 # (SIGTERM) once 3 blocks are saved, run again (3 blocks replayed), and its output's sha256
 # beside the uninterrupted run's. Random weights: the timings are real, the MSEs mean nothing.
@@ -24,27 +25,9 @@ mkdir -p "$models"
 [ -f "$models/rs.gguf" ] || python3 scripts/make-random-model.py "$vocab" "$models/rs.gguf" q4_1 --shape smollm2-135m >/dev/null || exit 1
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$out/card.txt"
 
-# `measure LOG CMD...`: runs CMD with its stderr in LOG; appends wall time, peak host RSS and
-# peak device memory (MiB) to LOG.
-measure() {
-  local log=$1; shift
-  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 >"$log.mem" 2>/dev/null &
-  local smi=$!
-  local t0; t0=$(date +%s.%N)
-  if [ -x /usr/bin/time ]; then
-    /usr/bin/time -f "peak_rss_kib=%M" "$@" 2>>"$log" >/dev/null
-  else
-    # Peak RSS of the child from getrusage, where GNU time is missing.
-    python3 -c 'import resource, subprocess, sys
-rc = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL)
-print("peak_rss_kib=%d" % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
-sys.exit(rc)' "$@" 2>>"$log"
-  fi
-  local rc=$?
-  local t1; t1=$(date +%s.%N)
-  kill "$smi" 2>/dev/null; wait "$smi" 2>/dev/null
-  echo "exit=$rc wall_s=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') peak_device_mib=$(sort -n "$log.mem" | tail -1)" >>"$log"
-}
+# `measure LOG CMD...`: CMD's stderr in LOG, then its wall time, peak host RSS, peak device
+# memory and disk traffic appended (scripts/measure.py).
+measure() { python3 scripts/measure.py "$@" >/dev/null; }
 
 last=
 for nb in "$@"; do
@@ -61,10 +44,11 @@ for nb in "$@"; do
   measure "$out/$name.r7.log" "$bin" "$models/r7-4.gguf" "$out/$name.r7.gguf" --device cuda \
     --nsamples 128 --seqlen 2048 --epochs 2 --calib "$calib"
   rm -f "$out/$name".r7.gguf "$out/$name".r7.lora.gguf
+  [ "${SMOL:-1}" = 1 ] || { echo "== $name"; grep -E "^\[|time per phase|exit=" "$out/$name.r7.log"; continue; }
   measure "$out/$name.smol.log" "$bin" "$models/rs.gguf" "$out/$name.smol.gguf" --device cuda \
     --nsamples 128 --seqlen 2048 --epochs 5 --calib "$calib"
   rm -f "$out/$name".smol*.gguf
-  echo "== $name"; grep -E "^\[|time per phase|exit=|peak_rss" "$out/$name.r7.log"
+  echo "== $name"; grep -E "^\[|time per phase|exit=" "$out/$name.r7.log"
   echo "-- $name SmolLM2 shape, GPU recipe:"; grep -E "exit=" "$out/$name.smol.log"
 done
 

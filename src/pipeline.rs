@@ -17,7 +17,7 @@ use crate::apiq::collective::{Collective, Solo};
 use crate::apiq::parallel::run_ranks;
 use crate::apiq::qblock::Learned;
 use crate::apiq::recipe::{Method, Recipe};
-use crate::apiq::state::State;
+use crate::apiq::state::{Diagnostics, State};
 use crate::apiq::train;
 use crate::calib::data;
 use crate::calib::load::{self, shape};
@@ -229,7 +229,7 @@ impl Run<'_> {
                             ToWriter::Done => return w.finish().map(Some),
                         };
                         if let Some(learned) = &f.learned {
-                            state.save(f.layer, learned)?;
+                            state.save(f.layer, learned, &f.diagnostics)?;
                             note(f.layer + 1);
                         }
                         w.write_block(f.layer, &f.linears)?;
@@ -340,8 +340,12 @@ impl Run<'_> {
         };
         let saved = state.load(layer)?;
         let resumed = saved.is_some();
+        let mut saved_diagnostics = None;
         let (learned, trained) = match saved {
-            Some(l) => (l, false),
+            Some(s) => {
+                saved_diagnostics = s.diagnostics;
+                (s.learned, false)
+            }
             None if !r.trains() => (train::rtn_learned(), false),
             None => {
                 let bar = match progress {
@@ -380,23 +384,10 @@ impl Run<'_> {
         let q_out = BlockForward::deployed(hp, rope, &bw.norms, &linears)?.forward_all(q_in)?;
         let mse_final = c.mean(train::mean_mse(&q_out, &fp_out)?, n, dev)?;
         clock.lap(Phase::Chain);
-        // The baselines' MSEs are estimates over the first windows: a forward of every
-        // window for a diagnostic would cost as much as the chain itself.
-        let d = n.min(DIAGNOSTIC_WINDOWS);
-        let mse = |linears: &[crate::apiq::qblock::FinalLinear]| -> Result<f64> {
-            let local = train::output_mse(hp, rope, &bw, linears, &q_in[..d], &fp_out[..d])?;
-            c.mean(local, d, dev)
-        };
-        let mse_rtn = mse(&train::rtn_linears(r, &bw)?)?;
-        let mse_lwc = if a.baselines && r.trains() && r.lora.is_some() && bw.frozen.is_empty() {
-            let lwc_recipe = Recipe {
-                lora: None,
-                ..r.clone()
-            };
-            let learned = train::train(&lwc_recipe, &data, false, c, &mut |_, _, _| {})?;
-            Some(mse(&train::finalize(&lwc_recipe, &bw, &learned)?)?)
-        } else {
-            None
+        let diagnostics = match saved_diagnostics {
+            // Every rank reads the same state, so all of them skip the collective means.
+            Some(d) => d,
+            None => self.diagnostics(c, dev, &data)?,
         };
         clock.lap(Phase::Diagnostics);
         // Advance both chains.
@@ -408,8 +399,8 @@ impl Run<'_> {
             .collect::<Result<Vec<_>>>()?;
         let report = BlockReport {
             layer,
-            mse_rtn,
-            mse_lwc,
+            mse_rtn: diagnostics.mse_rtn,
+            mse_lwc: diagnostics.mse_lwc,
             mse_final,
             loss_first: smoothed(&losses, steps, true),
             loss_last: smoothed(&losses, steps, false),
@@ -419,9 +410,41 @@ impl Run<'_> {
         let finished = Finished {
             layer,
             learned: trained.then_some(learned),
+            diagnostics,
             linears,
         };
         Ok((report, finished))
+    }
+
+    /// The baselines' MSEs: RTN, and LWC-only with `--baselines`. They are estimates over the
+    /// first windows: a forward of every window for a diagnostic would cost as much as the
+    /// chain itself.
+    fn diagnostics(
+        &self,
+        c: &dyn Collective,
+        dev: &Device,
+        data: &train::BlockData,
+    ) -> Result<Diagnostics> {
+        let (a, r) = (self.a, &self.a.recipe);
+        let (hp, rope, bw) = (data.hp, data.rope, data.bw);
+        let (q_in, fp_out) = (data.q_in, data.fp_out);
+        let d = q_in.len().min(DIAGNOSTIC_WINDOWS);
+        let mse = |linears: &[crate::apiq::qblock::FinalLinear]| -> Result<f64> {
+            let local = train::output_mse(hp, rope, bw, linears, &q_in[..d], &fp_out[..d])?;
+            c.mean(local, d, dev)
+        };
+        let mse_rtn = mse(&train::rtn_linears(r, bw)?)?;
+        let mse_lwc = if a.baselines && r.trains() && r.lora.is_some() && bw.frozen.is_empty() {
+            let lwc_recipe = Recipe {
+                lora: None,
+                ..r.clone()
+            };
+            let learned = train::train(&lwc_recipe, data, false, c, &mut |_, _, _| {})?;
+            Some(mse(&train::finalize(&lwc_recipe, bw, &learned)?)?)
+        } else {
+            None
+        };
+        Ok(Diagnostics { mse_rtn, mse_lwc })
     }
 }
 
@@ -430,6 +453,8 @@ struct Finished {
     layer: usize,
     /// What was learned, to be saved for a resume (`None`: replayed or untrained).
     learned: Option<Vec<Learned>>,
+    /// Saved with `learned`, so that a replay of the block skips them.
+    diagnostics: Diagnostics,
     linears: Vec<HostLinear>,
 }
 

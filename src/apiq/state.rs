@@ -18,6 +18,28 @@ pub struct State {
     dir: PathBuf,
 }
 
+/// A block's diagnostic MSEs (the RTN and LWC-only columns of the block table), saved beside
+/// what it learned: a replay then costs only the FP targets, the requantization and the chain
+/// advance, not the baselines' requantization, forwards or (with `--baselines`) training.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Diagnostics {
+    pub mse_rtn: f64,
+    pub mse_lwc: Option<f64>,
+}
+
+/// What a finished block saved.
+pub struct Saved {
+    pub learned: Vec<Learned>,
+    /// `None` in the state of an older run, which did not save them.
+    pub diagnostics: Option<Diagnostics>,
+}
+
+/// A finite MSE as safetensors metadata text: Rust's shortest round-trip form, so the value
+/// read back is the same f64 and a replayed block's line equals the original's.
+fn metadata_f64(v: &std::collections::HashMap<String, String>, key: &str) -> Option<f64> {
+    v.get(key).and_then(|s| s.parse().ok())
+}
+
 /// `OUT.gguf` → `OUT.gguf.apiq-state/`.
 pub fn dir_for(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
@@ -59,7 +81,7 @@ impl State {
         self.block_path(layer).exists()
     }
 
-    pub fn load(&self, layer: usize) -> Result<Option<Vec<Learned>>> {
+    pub fn load(&self, layer: usize) -> Result<Option<Saved>> {
         let p = self.block_path(layer);
         if !p.exists() {
             return Ok(None);
@@ -91,10 +113,21 @@ impl State {
                 lora,
             });
         }
-        Ok(Some(out))
+        let meta = SafeTensors::read_metadata(&bytes)
+            .ok()
+            .and_then(|(_, m)| m.metadata().clone())
+            .unwrap_or_default();
+        let diagnostics = metadata_f64(&meta, "mse_rtn").map(|mse_rtn| Diagnostics {
+            mse_rtn,
+            mse_lwc: metadata_f64(&meta, "mse_lwc"),
+        });
+        Ok(Some(Saved {
+            learned: out,
+            diagnostics,
+        }))
     }
 
-    pub fn save(&self, layer: usize, learned: &[Learned]) -> Result<()> {
+    pub fn save(&self, layer: usize, learned: &[Learned], diagnostics: &Diagnostics) -> Result<()> {
         let mut named: Vec<(String, Vec<u8>)> = Vec::new();
         let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
         for (l, p) in LINEARS.iter().zip(learned) {
@@ -116,7 +149,14 @@ impl State {
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
-        let data = safetensors::serialize(views, None)?;
+        let mut meta = std::collections::HashMap::from([(
+            "mse_rtn".to_string(),
+            diagnostics.mse_rtn.to_string(),
+        )]);
+        if let Some(lwc) = diagnostics.mse_lwc {
+            meta.insert("mse_lwc".to_string(), lwc.to_string());
+        }
+        let data = safetensors::serialize(views, Some(meta))?;
         let p = self.block_path(layer);
         let mut f = AtomicFile::create(&p)?;
         f.write_all(&data)
@@ -128,5 +168,45 @@ impl State {
     pub fn remove(self) -> Result<()> {
         std::fs::remove_dir_all(&self.dir)
             .with_context(|| format!("{}: cannot remove resume state", self.dir.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_block_gives_back_what_it_learned_and_its_diagnostics_to_the_bit() {
+        let dir = std::env::temp_dir().join(format!("apiq-state-test-{}", std::process::id()));
+        let out = dir.join("out.gguf");
+        std::fs::create_dir_all(&dir).unwrap();
+        let state = State::open(&out, "{}").unwrap();
+        let learned: Vec<Learned> = (0..LINEARS.len())
+            .map(|i| Learned {
+                gamma: Some(vec![i as f32, -0.5]),
+                beta: Some(vec![1.0 / 3.0, 7.0]),
+                lora: (i % 2 == 0).then(|| (vec![0.25; 4], vec![-1e-7; 6])),
+            })
+            .collect();
+        // Values whose decimal forms are long: a lossy text form would change them.
+        let diag = Diagnostics {
+            mse_rtn: 0.1 + 0.2,
+            mse_lwc: Some(1.0 / 3.0 * 1e-5),
+        };
+        state.save(3, &learned, &diag).unwrap();
+        let saved = state.load(3).unwrap().expect("saved");
+        assert_eq!(saved.diagnostics, Some(diag));
+        for (a, b) in saved.learned.iter().zip(&learned) {
+            assert_eq!((&a.gamma, &a.beta, &a.lora), (&b.gamma, &b.beta, &b.lora));
+        }
+        let none = Diagnostics {
+            mse_rtn: 2.5,
+            mse_lwc: None,
+        };
+        state.save(4, &learned, &none).unwrap();
+        assert_eq!(state.load(4).unwrap().unwrap().diagnostics, Some(none));
+        assert!(state.load(5).unwrap().is_none());
+        state.remove().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
