@@ -15,9 +15,11 @@
 #              seconds (default 540) so that it fits a call: run the stage again and it resumes
 #              from the saved blocks. Each call's log is OUT_DIR/calibrate-eN.K.log
 #   resume     the kill check, after `calibrate` finished: the same recipe again, stopped by
-#              SIGTERM once half the blocks are saved, run again; its files against calibrate's
+#              SIGTERM once RESUME_AT blocks (default 16) are saved, run again; its files against
+#              calibrate's
 #   run        `bench --gpu-layers 99` without and with the adapter, and a greedy `generate`
-# Each measured command's log ends with its exit code, wall time, peak host RSS, peak device
+# SHAPE, LAYERS and DEVICE (defaults llama2-7b, all, cuda) run the same stages small, to try
+# them on the CPU. Each measured command's log ends with its exit code, wall time, peak host RSS, peak device
 # memory and disk traffic (scripts/measure.py).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -34,8 +36,8 @@ case $bin in
 esac
 epochs=${EPOCHS:-20}
 hf=$work/hf7b model=$work/apiq2-e$epochs.gguf
-recipe=(--device cuda --calib "$calib" --epochs "$epochs")
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee -a "$out/card.txt"
+recipe=(--device "${DEVICE:-cuda}" --calib "$calib" --epochs "$epochs" ${NSAMPLES:+--nsamples $NSAMPLES} ${SEQLEN:+--seqlen $SEQLEN})
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | tee -a "$out/card.txt"
 measure() { python3 scripts/measure.py "$@" >/dev/null; }
 last() { tail -1 "$1"; }
 
@@ -44,7 +46,7 @@ for stage in "$@"; do
   case $stage in
     make)
       [ -f "$hf/model.safetensors.index.json" ] || python3 scripts/make-random-hf.py \
-        "${TOKENIZER_DIR:-.cache/gpu-carry/smollm2-tokenizer}" "$hf" --shape llama2-7b >"$out/make.log" 2>&1 || { cat "$out/make.log"; exit 1; }
+        "${TOKENIZER_DIR:-.cache/gpu-carry/smollm2-tokenizer}" "$hf" --shape "${SHAPE:-llama2-7b}" ${LAYERS:+--layers $LAYERS} >"$out/make.log" 2>&1 || { cat "$out/make.log"; exit 1; }
       du -sh "$hf"; ls "$hf"
       ;;
     convert)
@@ -71,7 +73,7 @@ for stage in "$@"; do
       "$bin" "$hf" "$b" "${recipe[@]}" 2>"$out/resume-e$epochs.1.log" >/dev/null &
       pid=$!
       while kill -0 "$pid" 2>/dev/null; do
-        [ "$(ls "$b.apiq-state" 2>/dev/null | grep -c '^block-')" -ge 16 ] && { kill -TERM "$pid"; break; }
+        [ "$(ls "$b.apiq-state" 2>/dev/null | grep -c '^block-')" -ge "${RESUME_AT:-16}" ] && { kill -TERM "$pid"; break; }
         sleep 0.2
       done
       wait "$pid"; echo "interrupted: exit $?, $(ls "$b.apiq-state" 2>/dev/null | grep -c '^block-') blocks saved"

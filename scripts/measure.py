@@ -6,11 +6,14 @@
 CMD's stderr goes to LOG, its stdout to LOG.stdout. Last, one line is appended to LOG:
   exit=RC wall_s=S peak_rss_kib=K peak_device_mib=M read_mib=R written_mib=W
 peak RSS from getrusage of the child; peak device memory from nvidia-smi, sampled every 0.2 s
-(all processes on the card; `-` without nvidia-smi); bytes the child read from and wrote to
-storage from /proc/PID/io, sampled every 0.2 s (`-` where the kernel does not give them).
+(all processes on the card; `-` without nvidia-smi); from /proc/PID/io, sampled every 0.2 s
+(`-` where the kernel does not give them): read = bytes brought in from storage (read_bytes:
+memory-mapped pages too, 0 for files already in the page cache), written = bytes passed to
+write calls (wchar: writeback to storage happens later, so write_bytes would miss them).
 SIGTERM and SIGINT are passed on to CMD, so a `timeout` around this script stops CMD the way
 Ctrl-C does and the line is still written.
 """
+import os
 import resource
 import signal
 import subprocess
@@ -48,23 +51,32 @@ def main():
             signal.signal(s, lambda sig, _f: child.send_signal(sig))
         threading.Thread(target=sample_device, daemon=True).start()
 
+        def read_io():
+            try:
+                with open(f"/proc/{child.pid}/io") as f:
+                    kv = dict(l.split(": ") for l in f.read().splitlines())
+                io[0] = (int(kv["read_bytes"]), int(kv["wchar"]))
+            except (OSError, KeyError, ValueError):
+                pass
+
         def sample_io():
             while not done.is_set():
-                try:
-                    with open(f"/proc/{child.pid}/io") as f:
-                        kv = dict(l.split(": ") for l in f.read().splitlines())
-                    io[0] = (int(kv["read_bytes"]), int(kv["write_bytes"]))
-                except (OSError, KeyError, ValueError):
-                    pass
+                read_io()
                 time.sleep(0.2)
 
         threading.Thread(target=sample_io, daemon=True).start()
         while True:
             try:
-                rc = child.wait()
+                # Exited but not yet reaped: its /proc entry still holds the final counts.
+                os.waitid(os.P_PID, child.pid, os.WEXITED | os.WNOWAIT)
                 break
             except InterruptedError:
                 continue
+            except ChildProcessError:
+                break  # reaped already (Popen.send_signal polls first): counts as last sampled
+        done.set()
+        read_io()
+        rc = child.wait()
     done.set()
     wall = time.time() - t0
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

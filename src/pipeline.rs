@@ -15,7 +15,7 @@ use candle_core::{DType, Device, Tensor};
 use crate::apiq::block_forward::BlockForward;
 use crate::apiq::collective::{Collective, Solo};
 use crate::apiq::parallel::run_ranks;
-use crate::apiq::qblock::Learned;
+use crate::apiq::qblock::{FinalLinear, Learned};
 use crate::apiq::recipe::{Method, Recipe};
 use crate::apiq::state::{Diagnostics, State};
 use crate::apiq::train;
@@ -237,20 +237,46 @@ impl Run<'_> {
                     Ok(None)
                 })
             });
-            // The reader thread reads and dequantizes the next block while this one runs.
+            // The reader thread reads and dequantizes the next block while this one runs, and
+            // for the group formats requantizes its RTN baseline on the host (unless the
+            // block's state is saved: a replay reads its baselines back).
             let src = self.src;
-            let read = |layer: usize| scope.spawn(move || load::read_block(src, hp, layer));
+            let rtn_ahead = !a.export.format.frozen() && a.export.format.kgrid().is_none();
+            let read = |layer: usize| {
+                scope.spawn(move || -> Result<Ahead> {
+                    let host = load::read_block(src, hp, layer)?;
+                    let rtn = if rtn_ahead && !state.has(layer) {
+                        Some(train::rtn_group_linears(r, &host.linears_on_cpu()?)?)
+                    } else {
+                        None
+                    };
+                    Ok(Ahead { host, rtn })
+                })
+            };
             let mut next = (hp.n_layer > 0).then(|| read(0));
             let mut reports = Vec::with_capacity(hp.n_layer);
             for layer in 0..hp.n_layer {
                 let mut clock = Phases::default();
-                let host = joined(next.take().expect("read ahead"))?;
+                let ahead = joined(next.take().expect("read ahead"))?;
                 next = (layer + 1 < hp.n_layer).then(|| read(layer + 1));
-                let bw = host.upload(DTYPE, dev)?;
+                let bw = ahead.host.upload(DTYPE, dev)?;
+                let rtn = ahead
+                    .rtn
+                    .map(|ls| ls.into_iter().map(|l| l.to_device(dev)).collect())
+                    .transpose()?;
                 let progress = ui.as_ref().map(|(p, _)| *p);
                 let chains = (&mut fp_in, &mut q_in);
                 let (report, finished) = self
-                    .block(c, dev, &rope, layer, bw, chains, &mut clock, progress)
+                    .block(
+                        c,
+                        dev,
+                        &rope,
+                        layer,
+                        (bw, rtn),
+                        chains,
+                        &mut clock,
+                        progress,
+                    )
                     .with_context(|| format!("block {layer}"))?;
                 if writing.is_some() && tx.send(ToWriter::Block(finished)).is_err() {
                     // The writer ended early: its error is the one to show.
@@ -292,7 +318,7 @@ impl Run<'_> {
         dev: &Device,
         rope: &Rope,
         layer: usize,
-        mut bw: BlockWeights,
+        (mut bw, rtn): (BlockWeights, Option<Vec<FinalLinear>>),
         (fp_in, q_in): (&mut Vec<Tensor>, &mut Vec<Tensor>),
         clock: &mut Phases,
         progress: Option<&Progress>,
@@ -387,7 +413,7 @@ impl Run<'_> {
         let diagnostics = match saved_diagnostics {
             // Every rank reads the same state, so all of them skip the collective means.
             Some(d) => d,
-            None => self.diagnostics(c, dev, &data)?,
+            None => self.diagnostics(c, dev, &data, rtn)?,
         };
         clock.lap(Phase::Diagnostics);
         // Advance both chains.
@@ -424,16 +450,20 @@ impl Run<'_> {
         c: &dyn Collective,
         dev: &Device,
         data: &train::BlockData,
+        rtn: Option<Vec<FinalLinear>>,
     ) -> Result<Diagnostics> {
         let (a, r) = (self.a, &self.a.recipe);
         let (hp, rope, bw) = (data.hp, data.rope, data.bw);
         let (q_in, fp_out) = (data.q_in, data.fp_out);
         let d = q_in.len().min(DIAGNOSTIC_WINDOWS);
-        let mse = |linears: &[crate::apiq::qblock::FinalLinear]| -> Result<f64> {
+        let mse = |linears: &[FinalLinear]| -> Result<f64> {
             let local = train::output_mse(hp, rope, bw, linears, &q_in[..d], &fp_out[..d])?;
             c.mean(local, d, dev)
         };
-        let mse_rtn = mse(&train::rtn_linears(r, bw)?)?;
+        let mse_rtn = match rtn {
+            Some(linears) => mse(&linears)?,
+            None => mse(&train::rtn_linears(r, bw)?)?,
+        };
         let mse_lwc = if a.baselines && r.trains() && r.lora.is_some() && bw.frozen.is_empty() {
             let lwc_recipe = Recipe {
                 lora: None,
@@ -446,6 +476,13 @@ impl Run<'_> {
         };
         Ok(Diagnostics { mse_rtn, mse_lwc })
     }
+}
+
+/// What the reader thread prepares for a block: its tensors, and for the group formats its
+/// RTN baseline's linears on the host.
+struct Ahead {
+    host: load::HostBlock,
+    rtn: Option<Vec<FinalLinear>>,
 }
 
 /// A finished block on its way to the writer thread.

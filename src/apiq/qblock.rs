@@ -270,6 +270,19 @@ impl FinalLinear {
         Ok(FinalLinear { q, w: wq, lora })
     }
 
+    /// The same linear on `dev`: its values and LoRA pair moved, its host codes kept.
+    pub fn to_device(self, dev: &candle_core::Device) -> Result<FinalLinear> {
+        let lora = match self.lora {
+            Some((a, b, s)) => Some((a.to_device(dev)?, b.to_device(dev)?, s)),
+            None => None,
+        };
+        Ok(FinalLinear {
+            q: self.q,
+            w: self.w.to_device(dev)?,
+            lora,
+        })
+    }
+
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let y = block::matmul_t(x, &self.w)?;
         match &self.lora {

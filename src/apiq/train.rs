@@ -639,6 +639,21 @@ pub fn rtn_linears(r: &Recipe, bw: &BlockWeights) -> Result<Vec<FinalLinear>> {
     )
 }
 
+/// [`rtn_linears`] of the group formats from the linears' weights alone (no frozen bases, no
+/// K grids: those need the block's inputs or its types), on the weights' device, with the
+/// codes dropped: what the RTN MSE's forward needs. The pipeline's reader thread runs it on
+/// the host while the previous block trains, so the baseline's requantization is off the
+/// critical path.
+pub fn rtn_group_linears(r: &Recipe, w: &[Tensor]) -> Result<Vec<FinalLinear>> {
+    w.iter()
+        .zip(rtn_learned())
+        .map(|(w, l)| {
+            let f = FinalLinear::new(&r.quant, w, &l, None)?;
+            Ok(FinalLinear { q: None, ..f })
+        })
+        .collect()
+}
+
 /// RTN learned state: nothing learned.
 pub fn rtn_learned() -> Vec<Learned> {
     (0..LINEARS.len())
@@ -687,6 +702,43 @@ mod tests {
     /// mean. The targets sit 1e-7 from the block's initial output, so the gradients are not
     /// large against AdamW's eps and the update depends on their scale: summing instead of
     /// averaging fails, as does grouping the windows otherwise.
+    /// The reader thread's RTN baseline (from the bare weights, off the device) is the
+    /// block's RTN linears value for value.
+    #[test]
+    fn rtn_from_the_bare_weights_is_the_blocks_rtn() {
+        let dev = Device::Cpu;
+        let r = Recipe::default();
+        let (e, ff) = (128, 192);
+        let shapes = [(e, e), (64, e), (64, e), (e, e), (ff, e), (ff, e), (e, ff)];
+        let w: Vec<Tensor> = shapes
+            .iter()
+            .map(|&s| randn(s, 0.5, &dev).to_dtype(DType::F32).unwrap())
+            .collect();
+        let ones = || Tensor::ones(e, DType::F32, &dev).unwrap();
+        let bw = BlockWeights {
+            norms: BlockNorms {
+                attn_norm: ones(),
+                ffn_norm: ones(),
+                bias: [None, None, None],
+            },
+            w: w.clone(),
+            frozen: Vec::new(),
+            kgrids: Vec::new(),
+            imatrix: Vec::new(),
+        };
+        let inline = rtn_linears(&r, &bw).unwrap();
+        let ahead = rtn_group_linears(&r, &w).unwrap();
+        for (i, (a, b)) in inline.iter().zip(&ahead).enumerate() {
+            let (a, b): (Vec<f32>, Vec<f32>) = (
+                a.w.flatten_all().unwrap().to_vec1().unwrap(),
+                b.w.flatten_all().unwrap().to_vec1().unwrap(),
+            );
+            assert!(a == b, "linear {i}");
+            let orig: Vec<f32> = w[i].flatten_all().unwrap().to_vec1().unwrap();
+            assert!(a != orig, "linear {i} was not quantized");
+        }
+    }
+
     #[test]
     fn a_step_of_windows_is_adamw_on_their_mean_loss() {
         let dev = Device::Cpu;

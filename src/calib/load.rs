@@ -81,6 +81,20 @@ pub fn read_block(src: &ModelSource, hp: &HParams, layer: usize) -> Result<HostB
 }
 
 impl HostBlock {
+    /// The seven linears' weights as f32 tensors on the CPU (copies: the block still uploads).
+    pub fn linears_on_cpu(&self) -> Result<Vec<Tensor>> {
+        self.w
+            .iter()
+            .map(|t| {
+                Ok(Tensor::from_slice(
+                    &t.values,
+                    t.shape.as_slice(),
+                    &Device::Cpu,
+                )?)
+            })
+            .collect()
+    }
+
     /// The block's weights on `dev`, in `dtype`.
     pub fn upload(self, dtype: DType, dev: &Device) -> Result<BlockWeights> {
         let [q, k, v] = self.bias;
