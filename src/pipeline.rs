@@ -366,13 +366,9 @@ impl Run<'_> {
         };
         let saved = state.load(layer)?;
         let resumed = saved.is_some();
-        let mut saved_diagnostics = None;
-        let (learned, trained) = match saved {
-            Some(s) => {
-                saved_diagnostics = s.diagnostics;
-                (s.learned, false)
-            }
-            None if !r.trains() => (train::rtn_learned(), false),
+        let (learned, trained, saved_diagnostics) = match saved {
+            Some(s) => (s.learned, false, s.diagnostics),
+            None if !r.trains() => (train::rtn_learned(), false, None),
             None => {
                 let bar = match progress {
                     Some(p) => p.bar((r.epochs * steps) as u64, "calibrating"),
@@ -398,7 +394,7 @@ impl Run<'_> {
                 };
                 let learned = train::train(r, &data, r.lora.is_some(), c, &mut obs)?;
                 bar.finish_and_clear();
-                (learned, true)
+                (learned, true, None)
             }
         };
         clock.lap(Phase::Train);

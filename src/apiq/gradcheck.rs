@@ -305,15 +305,7 @@ fn block_gradients_match_finite_differences() {
     let hp = HParams::tiny(RopeKind::Norm, false);
     let l = 5;
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    let shapes = [
-        (16, 16),
-        (8, 16),
-        (8, 16),
-        (16, 16),
-        (24, 16),
-        (24, 16),
-        (16, 24),
-    ];
+    let shapes = crate::nn::block::fixtures::TINY_SHAPES;
     let mk = |rng: &mut ChaCha8Rng, shape: (usize, usize), scale: f64| {
         Tensor::from_slice(&rand_vec(rng, shape.0 * shape.1, scale), shape, &dev).unwrap()
     };

@@ -34,8 +34,9 @@ pub struct Saved {
     pub diagnostics: Option<Diagnostics>,
 }
 
-/// A finite MSE as safetensors metadata text: Rust's shortest round-trip form, so the value
-/// read back is the same f64 and a replayed block's line equals the original's.
+/// An MSE from the safetensors metadata, where [`State::save`] writes it in Rust's shortest
+/// round-trip text: the value read back is the same f64, so a replayed block's line equals the
+/// original's.
 fn metadata_f64(v: &std::collections::HashMap<String, String>, key: &str) -> Option<f64> {
     v.get(key).and_then(|s| s.parse().ok())
 }

@@ -141,15 +141,9 @@ fn same_seed_same_bytes_and_kill_resume_is_identical() {
 
     // Kill (SIGKILL: no handler runs) once two blocks are saved, then run the same command.
     let c = d.path().join("c.gguf");
-    let calib = shared().join("data/calib/c4.utf8");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_apiq2gguf"))
-        .args([
-            stories_hf().as_os_str(),
-            c.as_os_str(),
-            "--quick".as_ref(),
-            "--calib".as_ref(),
-            calib.as_os_str(),
-        ])
+    let args = quick_args(&stories_hf(), &c, &shared().join("data/calib/c4.utf8"), &[]);
+    let mut child = bin()
+        .args(&args)
         .stderr(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -166,16 +160,7 @@ fn same_seed_same_bytes_and_kill_resume_is_identical() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(!c.exists(), "a killed run left an output");
-    let resumed = bin()
-        .args([
-            stories_hf().as_os_str(),
-            c.as_os_str(),
-            "--quick".as_ref(),
-            "--calib".as_ref(),
-            calib.as_os_str(),
-        ])
-        .output()
-        .unwrap();
+    let resumed = bin().args(&args).output().unwrap();
     let log = String::from_utf8(resumed.stderr).unwrap();
     assert!(
         log.contains("blk.0   resumed") && log.contains("blk.1   resumed"),
